@@ -1,0 +1,217 @@
+"""Run configuration: TOML presets in ``configs/`` plus ``key=value`` overrides.
+
+A preset names every hyper-parameter of a run. ``load_config("small",
+["model.nhid=512", "train.epochs=3"])`` returns a frozen :class:`Config`; an
+unknown key, a wrong type or an impossible value raises :class:`ConfigError`
+naming the key, so a typo in a sweep script fails at once instead of silently
+training the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .arrayconfig import ArrayConfig, ConfigError, NumberFormats, _check
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "builtin" (stdlib sources), "ptbc-small", a directory with train/valid/test.txt,
+    # a prepared enwik8 directory, or a plain text file.
+    corpus: str = "builtin"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    emsize: int = 64
+    nhid: int = 128
+    nlayers: int = 3
+    dropout: float = 0.1  # locked dropout on the last layer's output
+    dropouth: float = 0.1  # locked dropout between LSTM layers
+    dropouti: float = 0.1  # locked dropout on the embedding output
+    dropoute: float = 0.0  # embedding dropout (whole rows of the embedding)
+    wdrop: float = 0.0  # DropConnect on hidden-to-hidden weights
+
+    def __post_init__(self) -> None:
+        _check(self.emsize >= 1 and self.nhid >= 1, "model.emsize and model.nhid must be >= 1")
+        _check(self.nlayers >= 1, f"model.nlayers={self.nlayers} must be >= 1")
+        for name in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
+            v = getattr(self, name)
+            _check(0.0 <= v < 1.0, f"model.{name}={v} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 4
+    batch_size: int = 32
+    eval_batch_size: int = 10
+    test_batch_size: int = 1
+    bptt: int = 64
+    lr: float = 2e-3
+    optimizer: str = "adam"  # "adam" or "sgd"
+    wdecay: float = 1.2e-6
+    clip: float = 0.25
+    ar: float = 0.0  # activation regularisation (AWD-LSTM "alpha")
+    tar: float = 0.0  # temporal activation regularisation (AWD-LSTM "beta")
+    when: tuple[int, ...] = ()  # epochs after which lr is divided by 10
+    seed: int = 1111
+    log_interval: int = 100
+    max_batches: int = 0  # >0 caps batches per epoch (quick runs, tests)
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs={self.epochs} must be >= 1")
+        _check(self.batch_size >= 1 and self.bptt >= 2, "train.batch_size must be >= 1 and train.bptt >= 2")
+        _check(self.lr > 0, f"train.lr={self.lr} must be > 0")
+        _check(self.optimizer in ("adam", "sgd"), f"train.optimizer={self.optimizer!r} must be 'adam' or 'sgd'")
+        _check(self.clip >= 0 and self.wdecay >= 0, "train.clip and train.wdecay must be >= 0")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Magnitude pruning toward ``sparsity`` on a linear ramp over epochs."""
+
+    sparsity: float = 0.0  # fraction of each LSTM matrix pruned at the end of the ramp
+    start_epoch: int = 1  # first epoch after which pruning applies (1 = after the first epoch)
+    ramp_epochs: int = 1  # epochs to reach the target
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.sparsity < 1.0, f"prune.sparsity={self.sparsity} must be in [0, 1)")
+        _check(self.start_epoch >= 1, f"prune.start_epoch={self.start_epoch} must be >= 1")
+        _check(self.ramp_epochs >= 1, f"prune.ramp_epochs={self.ramp_epochs} must be >= 1")
+
+
+@dataclass(frozen=True)
+class CombineConfig:
+    """Column combining of the LSTM matrices at the end of the listed epochs."""
+
+    epochs: tuple[int, ...] = ()  # combine after these epochs (1-based); () = never
+    gamma: float = 0.0  # conflicts per row allowed in a group (0 = conflict-free CC)
+    row_split: bool = True  # combine separately in each block of array.rows rows
+
+    def __post_init__(self) -> None:
+        _check(self.gamma >= 0, f"combine.gamma={self.gamma} must be >= 0")
+        _check(all(e >= 1 for e in self.epochs), f"combine.epochs={self.epochs} must all be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "tiny"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    combine: CombineConfig = field(default_factory=CombineConfig)
+    array: ArrayConfig = field(default_factory=ArrayConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return _build(cls, d, "")
+
+    def replace(self, overrides: typing.Iterable[str]) -> "Config":
+        d = self.to_dict()
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            _check(bool(sep) and bool(key.strip()), f"override {item!r} must look like section.key=value")
+            _set_dotted(d, key.strip(), _parse_value(raw.strip()))
+        return Config.from_dict(d)
+
+
+def preset_path(name_or_path: str) -> Path:
+    """A preset name (``tiny``) or a path to a TOML file."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        _check(p.is_file(), f"config file {p} does not exist")
+        return p
+    p = CONFIG_DIR / f"{name_or_path}.toml"
+    known = sorted(q.stem for q in CONFIG_DIR.glob("*.toml"))
+    _check(p.is_file(), f"unknown preset {name_or_path!r}; known presets: {', '.join(known)} (or give a .toml path)")
+    return p
+
+
+def load_config(name_or_path: str = "tiny", overrides: typing.Iterable[str] = ()) -> Config:
+    path = preset_path(name_or_path)
+    try:
+        d = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    d.setdefault("name", path.stem)
+    return Config.from_dict(d).replace(overrides)
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def _build(cls, d: dict, where: str):
+    _check(isinstance(d, dict), f"config section {where or '<top>'} must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(d) - set(known)
+    _check(not unknown, f"unknown config key(s) {', '.join(where + k for k in sorted(unknown))}; "
+                        f"known in {where or 'top level'}: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in d.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where or 'config'}: {e}") from None
+
+
+def _coerce(hint, value, key: str):
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        return _build(hint, value, key + ".")
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (inner, _ellipsis) = typing.get_args(hint)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        _check(isinstance(value, (list, tuple)), f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(inner, v, key) for v in value)
+    if hint is bool:
+        _check(isinstance(value, bool), f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        _check(isinstance(value, str), f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")
+
+
+def _parse_value(raw: str):
+    """TOML literal if it parses (3, 1e-3, true, [2, 3]), else the bare string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_dotted(d: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = d
+    for i, part in enumerate(parts[:-1]):
+        _check(isinstance(node.get(part), dict), f"unknown config section {'.'.join(parts[:i + 1])!r} in override {key}")
+        node = node[part]
+    _check(parts[-1] in node, f"unknown config key {key!r}; known in this section: {', '.join(sorted(node))}")
+    node[parts[-1]] = value
+
+
+__all__ = [
+    "ArrayConfig", "CombineConfig", "Config", "ConfigError", "DataConfig", "ModelConfig",
+    "NumberFormats", "PruneConfig", "TrainConfig", "load_config", "preset_path",
+]
