@@ -1,0 +1,131 @@
+"""The quantized model laid out on the array: every ROM's contents plus the layout.
+
+A :class:`Design` is what the quantizer produces and what everything after it
+reads: the golden model executes it, the renderer writes its arrays as
+``$readmemh`` files and HLS constant arrays, the test benches load it back.
+Saved as ``design.npz`` next to ``array_config.json``.
+
+Layout (docs/hardware.md has the cycle-level story):
+
+* **Activation memory** ``act``: ``[emb (E) | h_0 (H_0) | ... | h_{L-1}]``, so
+  LSTM layer l's input ``[x; h_l]`` is the contiguous slice starting at
+  ``MatrixInfo.in_base``, and the decoder reads ``h_{L-1}``.
+* **Tiles**: every matrix is cut into row blocks of ``rows`` rows; each block
+  into tiles of ``cols`` column groups. Tile t holds a weight and a select per
+  cell, and for each array column the act addresses of its group's (up to
+  ``alpha``) inputs. Tiles are stored in execution order: matrix, block, tile.
+* **Row blocks** carry, per row, the bias (accumulator scale) and the right
+  shift that turns the accumulator into a gate input or a logit.
+* LSTM rows are interleaved unit-major (row 4j+k = gate k in i,f,g,o order of
+  unit j), so a block holds rows/4 whole units for the pointwise unit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .arrayconfig import ArrayConfig
+
+
+@dataclass(frozen=True)
+class MatrixInfo:
+    name: str  # "lstm0", ..., "decoder"
+    kind: str  # "lstm" or "decoder"
+    rows: int  # logical rows: 4H for an LSTM layer, V for the decoder
+    in_base: int  # act address of matrix column 0
+    in_size: int  # columns: I + H for an LSTM layer, E for the decoder
+    hidden: int  # H (LSTM), 0 for the decoder
+    out_base: int  # act address where this layer's h is committed (LSTM), -1 for the decoder
+    cell_base: int  # first cell-state address of this layer (LSTM), -1 for the decoder
+    tile_start: int
+    n_tiles: int
+    block_start: int
+    n_blocks: int
+    dense_cells: int  # rows x in_size, the cells a dense array would spend
+    packed_cells: int  # sum over blocks of rows x groups actually packed (padding excluded)
+    nnz: int  # nonzero int weights
+
+
+@dataclass(frozen=True)
+class Design:
+    array: ArrayConfig
+    vocab_size: int
+    emsize: int
+    act_size: int  # entries in the activation memory
+    cell_size: int  # entries in the cell-state memory
+    matrices: tuple[MatrixInfo, ...]
+    tile_weight: np.ndarray  # int   [T, rows, cols]
+    tile_sel: np.ndarray  # int   [T, rows, cols]
+    tile_addr: np.ndarray  # int   [T, cols, alpha]  act addresses per array column
+    tile_block: np.ndarray  # int   [T]  global row block of each tile
+    tile_first: np.ndarray  # bool  [T]  first tile of its block (accumulator starts at bias)
+    tile_last: np.ndarray  # bool  [T]  last tile of its block (block result is ready)
+    block_bias: np.ndarray  # int   [NB, rows]
+    block_shift: np.ndarray  # int  [NB, rows]
+    embedding: np.ndarray  # int   [V, E] in activation format
+    lut_sigmoid: np.ndarray  # int [lut_size], address = index mod lut_size
+    lut_tanh: np.ndarray  # int    [lut_size]
+    quant_saturations: int = 0  # values clipped while quantizing (weights, biases, embedding)
+
+    _ARRAYS = ("tile_weight", "tile_sel", "tile_addr", "tile_block", "tile_first", "tile_last",
+               "block_bias", "block_shift", "embedding", "lut_sigmoid", "lut_tanh")
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.tile_weight.shape[0])
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.block_bias.shape[0])
+
+    @property
+    def lstm_layers(self) -> tuple[MatrixInfo, ...]:
+        return tuple(m for m in self.matrices if m.kind == "lstm")
+
+    @property
+    def decoder(self) -> MatrixInfo:
+        return self.matrices[-1]
+
+    @property
+    def packed_cells(self) -> int:
+        return sum(m.packed_cells for m in self.matrices)
+
+    @property
+    def dense_cells(self) -> int:
+        return sum(m.dense_cells for m in self.matrices)
+
+    @property
+    def nnz(self) -> int:
+        return sum(m.nnz for m in self.matrices)
+
+    @property
+    def ideal_cycles(self) -> float:
+        """Packed cells / array cells: the cycles per token of a perfectly busy array."""
+        return self.packed_cells / self.array.cells
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.array.save(directory / "array_config.json")
+        meta = {"vocab_size": self.vocab_size, "emsize": self.emsize, "act_size": self.act_size,
+                "cell_size": self.cell_size, "quant_saturations": self.quant_saturations,
+                "matrices": [asdict(m) for m in self.matrices]}
+        np.savez(directory / "design.npz", meta=np.array(json.dumps(meta)),
+                 **{k: getattr(self, k) for k in self._ARRAYS})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Design":
+        directory = Path(directory)
+        for f in ("array_config.json", "design.npz"):
+            if not (directory / f).is_file():
+                raise FileNotFoundError(f"{directory / f} is missing; run `make rtl` (ccflow rtl) first")
+        array = ArrayConfig.load(directory / "array_config.json")
+        with np.load(directory / "design.npz", allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k] for k in cls._ARRAYS}
+        matrices = tuple(MatrixInfo(**m) for m in meta.pop("matrices"))
+        return cls(array=array, matrices=matrices, **meta, **arrays)

@@ -1,0 +1,155 @@
+"""The integer reference: computes, per token, exactly what the hardware computes.
+
+It executes a :class:`~ccflow.design.Design` the way the array and controller
+do -- tile by tile, the same gathers through the same selects, the same
+saturating accumulation order, the same shifts and table lookups -- so the RTL,
+the HLS C++ and this model agree bit for bit. It is vectorised over a batch of
+independent streams so a whole test split can be scored in seconds; batch
+element 0 alone is what a test bench compares against.
+
+One step (one token), for each stream:
+
+1. ``act[0:E] = embedding[token]``
+2. for each LSTM layer: every row block's accumulator starts at its bias and
+   adds, tile by tile, ``sum_c weight[r, c] * act[addr[c, sel[r, c]]]`` with
+   saturation; the block result becomes ``z = sat(round_shift(acc, shift))``;
+   the pointwise unit turns z (i, f, g, o of each unit) into c and h; the new h
+   is committed to ``act`` once the whole layer is done (the layer itself still
+   reads the old h).
+3. the decoder's blocks become logits ``sat(round_shift(acc, shift))`` in Q.logit_frac.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .design import Design, MatrixInfo
+from .fixedpoint import SaturationCounter, bounds, round_shift
+
+
+class GoldenModel:
+    def __init__(self, design: Design, batch: int = 1, trace: bool = False) -> None:
+        self.design = design
+        self.batch = batch
+        self.trace_enabled = trace
+        self.sat = SaturationCounter()
+        fmt = design.array.formats
+        self._acc_lo, self._acc_hi = bounds(fmt.acc_bits)
+        # The act address every cell reads: the group's input picked by the cell's select.
+        t = np.arange(design.n_tiles)[:, None, None]
+        c = np.arange(design.array.cols)[None, None, :]
+        self._cell_addr = design.tile_addr[t, c, design.tile_sel]  # [T, rows, cols]
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the recurrent state, as the hardware's reset does."""
+        d = self.design
+        self.act = np.zeros((self.batch, d.act_size), dtype=np.int64)
+        self.cell = np.zeros((self.batch, d.cell_size), dtype=np.int64)
+        self.sat.reset()
+        self.trace: list[np.ndarray] = []
+
+    def step(self, tokens) -> np.ndarray:
+        """Advance every stream by one token; returns logits [batch, vocab] (int, Q.logit_frac)."""
+        d = self.design
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(self.batch)
+        if tokens.min() < 0 or tokens.max() >= d.vocab_size:
+            raise ValueError(f"token id out of range 0..{d.vocab_size - 1}: {tokens}")
+        self.trace = []
+        self.act[:, : d.emsize] = d.embedding[tokens]
+        for m in d.lstm_layers:
+            z = self._requantize(m, self._accumulate(m))
+            self.act[:, m.out_base: m.out_base + m.hidden] = self._pointwise(m, z)
+        dec = d.decoder
+        return self._requantize(dec, self._accumulate(dec))[:, : dec.rows]
+
+    def run(self, tokens) -> np.ndarray:
+        """Logits for a single stream of tokens: [len(tokens), vocab]."""
+        assert self.batch == 1
+        return np.stack([self.step([t])[0] for t in tokens])
+
+    # --- the array ----------------------------------------------------------
+
+    def _accumulate(self, m: MatrixInfo) -> np.ndarray:
+        """Block accumulators [batch, n_blocks * rows] after all tiles of the matrix."""
+        d = self.design
+        tiles = slice(m.tile_start, m.tile_start + m.n_tiles)
+        vals = self.act[:, self._cell_addr[tiles]]  # [B, nt, rows, cols]
+        tile_sum = np.einsum("btrc,trc->btr", vals, d.tile_weight[tiles])
+        local = d.tile_block[tiles] - m.block_start  # block of each tile within the matrix
+        bias = d.block_bias[m.block_start: m.block_start + m.n_blocks]  # [nb, rows]
+        # Fast path: if no running sum leaves the accumulator range, saturation never fires.
+        running = np.cumsum(tile_sum, axis=1)
+        starts = np.flatnonzero(d.tile_first[tiles])  # starts[0] == 0
+        before = np.zeros_like(running[:, : len(starts)])
+        before[:, 1:] = running[:, starts[1:] - 1]
+        partial = bias[local][None] + running - before[:, local]
+        if partial.min() >= self._acc_lo and partial.max() <= self._acc_hi:
+            acc = partial[:, d.tile_last[tiles]]
+        else:
+            acc = self._accumulate_saturating(tile_sum, local, bias, d.tile_first[tiles])
+        if self.trace_enabled:
+            self.trace.extend(acc.transpose(1, 0, 2))
+        return acc.reshape(self.batch, -1)
+
+    def _accumulate_saturating(self, tile_sum, local, bias, first) -> np.ndarray:
+        fmt = self.design.array.formats
+        acc = np.zeros((self.batch,) + bias.shape, dtype=np.int64)
+        for t in range(tile_sum.shape[1]):
+            b = local[t]
+            start = bias[b][None] if first[t] else acc[:, b]
+            acc[:, b] = self.sat.saturate(start + tile_sum[:, t], fmt.acc_bits, "accumulator")
+        return acc
+
+    def _requantize(self, m: MatrixInfo, acc: np.ndarray) -> np.ndarray:
+        d = self.design
+        shift = d.block_shift[m.block_start: m.block_start + m.n_blocks].reshape(-1)
+        site = "logits" if m.kind == "decoder" else "gate input"
+        return self.sat.saturate(round_shift(acc, shift), d.array.formats.act_bits, site)
+
+    # --- the pointwise unit -------------------------------------------------
+
+    def _lut(self, table: np.ndarray, x: np.ndarray) -> np.ndarray:
+        fmt = self.design.array.formats
+        half = fmt.lut_size // 2
+        index = np.clip(round_shift(x, fmt.lut_shift), -half, half - 1)
+        return table[index & (fmt.lut_size - 1)]
+
+    def _pointwise(self, m: MatrixInfo, z: np.ndarray) -> np.ndarray:
+        d, fmt = self.design, self.design.array.formats
+        gates = z[:, : 4 * m.hidden].reshape(self.batch, m.hidden, 4)
+        sig, tanh = d.lut_sigmoid, d.lut_tanh
+        i, f = self._lut(sig, gates[..., 0]), self._lut(sig, gates[..., 1])
+        g, o = self._lut(tanh, gates[..., 2]), self._lut(sig, gates[..., 3])
+        cells = slice(m.cell_base, m.cell_base + m.hidden)
+        c = self.sat.saturate(round_shift(f * self.cell[:, cells] + i * g, fmt.act_frac), fmt.cell_bits, "cell")
+        self.cell[:, cells] = c
+        return self.sat.saturate(round_shift(o * self._lut(tanh, c), fmt.act_frac), fmt.act_bits, "hidden")
+
+
+def batchify(data: np.ndarray, streams: int) -> np.ndarray:
+    """[T, streams] columns of consecutive tokens, the remainder dropped (as the toolkit does)."""
+    n = len(data) // streams
+    if n < 2:
+        raise ValueError(f"{len(data)} tokens are too few for {streams} streams")
+    return np.asarray(data[: n * streams]).reshape(streams, n).T
+
+
+def fixed_point_bpc(design: Design, data: np.ndarray, streams: int = 16, progress: bool = False) -> float:
+    """Bits per character of the integer model on ``data``, scored like the float model."""
+    cols = batchify(data, streams)
+    model = GoldenModel(design, batch=streams)
+    scale = 2.0 ** -design.array.formats.logit_frac
+    total = 0.0
+    steps = range(cols.shape[0] - 1)
+    if progress:
+        from tqdm import tqdm
+        steps = tqdm(steps, desc="fixed-point BPC", unit="tok", leave=False)
+    for t in steps:
+        logits = model.step(cols[t]) * scale
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        total -= logp[np.arange(streams), cols[t + 1]].sum()
+    return total / ((cols.shape[0] - 1) * streams) / math.log(2)

@@ -1,0 +1,243 @@
+"""Float model + packings -> :class:`~ccflow.design.Design` (fixed point, tiled for the array).
+
+Why per-section weight formats: one exponent per tensor lets the largest gate
+(often the forget gate's bias-heavy rows) set the scale for all of them, and
+small gates lose their low bits. Here every *section* -- one gate of one row
+block of the array -- gets its own power-of-two exponent ``e``: weights are
+``round(w * 2**e)`` in int8, the block's accumulator has scale
+``2**-(e + act_frac)``, and the per-row right shift ``e + act_frac - out_frac``
+brings it back to a common format. A shift is one barrel shifter per row, so
+sections cost the hardware almost nothing.
+
+``e`` is the largest exponent at which the section's weights fit the weight
+format and its biases fit a quarter of the accumulator (headroom for the sum),
+clamped so the shift stays in ``0..max_shift``.
+
+The packing comes from training (the last combine step) when there is one:
+its groups were retrained with their combine-pruned masks, so it is lossless
+now. Without one, conflict-free combining (gamma 0) packs the final weights,
+which is lossless by construction. The decoder is packed the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .arrayconfig import ArrayConfig
+from .combine import Packing, check_packing, combine_columns, lstm_matrix
+from .design import Design, MatrixInfo
+from .fixedpoint import SaturationCounter
+
+
+class QuantizeError(ValueError):
+    """A model or packing the array cannot hold; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class FloatLSTM:
+    w_ih: np.ndarray  # [4H, I], PyTorch gate order i, f, g, o, masks already applied
+    w_hh: np.ndarray  # [4H, H]
+    bias: np.ndarray  # [4H] = b_ih + b_hh
+
+    @property
+    def hidden(self) -> int:
+        return self.w_hh.shape[1]
+
+
+@dataclass(frozen=True)
+class FloatModel:
+    """What the quantizer needs of a trained model, as float64 numpy arrays."""
+
+    layers: tuple[FloatLSTM, ...]
+    embedding: np.ndarray  # [V, E]; the decoder weight is tied to it
+    decoder_bias: np.ndarray  # [V]
+
+    @classmethod
+    def from_torch(cls, model) -> "FloatModel":
+        """From a ``ccflow.model.LSTMLanguageModel`` (masked weights, no dropout)."""
+
+        def np64(t):
+            return t.detach().cpu().double().numpy()
+
+        layers = []
+        for layer in model.layers:
+            w_ih, w_hh = layer.effective_weights()
+            layers.append(FloatLSTM(np64(w_ih), np64(w_hh), np64(layer.bias_ih) + np64(layer.bias_hh)))
+        return cls(tuple(layers), np64(model.encoder.weight), np64(model.decoder.bias))
+
+    @classmethod
+    def random(cls, seed: int = 0, vocab: int = 13, emsize: int = 8, hidden: tuple[int, ...] = (12, 12),
+               sparsity: float = 0.6, scale: float = 0.4) -> "FloatModel":
+        """An untrained model of the right shape: for exercising the hardware without training."""
+        rng = np.random.default_rng(seed)
+        sizes = [emsize, *hidden, emsize]
+        layers = []
+        for i, h in zip(sizes[:-1], sizes[1:]):
+            w = rng.normal(0, scale, (4 * h, i + h))
+            w[rng.random(w.shape) < sparsity] = 0.0
+            layers.append(FloatLSTM(w[:, :i], w[:, i:], rng.normal(0, 0.2, 4 * h)))
+        return cls(tuple(layers), rng.normal(0, 0.5, (vocab, emsize)), rng.normal(0, 0.1, vocab))
+
+
+def quantize(model: FloatModel, array: ArrayConfig,
+             packings: dict[int, Packing] | None = None) -> Design:
+    """Lay the model out on the array in fixed point; see the module docstring."""
+    fmt = array.formats
+    sat = SaturationCounter()
+    vocab, emsize = model.embedding.shape
+    hidden = [layer.hidden for layer in model.layers]
+
+    # Activation memory [emb | h_0 | ... | h_{L-1}]: layer l reads [x; h_l] contiguously.
+    h_base = np.cumsum([emsize] + hidden).tolist()  # h_l starts at h_base[l]
+    in_base = [0] + h_base[:-2]
+    cell_base = np.cumsum([0] + hidden).tolist()
+
+    builder = _TileBuilder(array)
+    matrices = []
+    for l, layer in enumerate(model.layers):
+        if layer.w_ih.shape[0] != 4 * layer.hidden:
+            raise QuantizeError(f"layer {l}: weight_ih has {layer.w_ih.shape[0]} rows, expected 4*{layer.hidden}")
+        matrix = lstm_matrix(layer.w_ih, layer.w_hh)
+        bias = layer.bias.reshape(4, layer.hidden).T.reshape(-1)  # interleaved like the rows
+        packing = (packings or {}).get(l)
+        gate = np.arange(matrix.shape[0]) % 4
+        matrices.append(builder.add(
+            f"lstm{l}", "lstm", matrix, bias, packing, gate, in_base[l], fmt.act_frac, sat,
+            hidden=layer.hidden, out_base=h_base[l], cell_base=cell_base[l]))
+    dec_in = h_base[-2]
+    matrices.append(builder.add(
+        "decoder", "decoder", model.embedding, model.decoder_bias, None, np.zeros(vocab, dtype=int),
+        dec_in, fmt.logit_frac, sat, hidden=0, out_base=-1, cell_base=-1))
+
+    act_lo, act_hi = -(1 << (fmt.act_bits - 1)), (1 << (fmt.act_bits - 1)) - 1
+    emb = np.rint(model.embedding * 2.0 ** fmt.act_frac).astype(np.int64)
+    emb = sat.saturate(emb, fmt.act_bits, "embedding")
+    assert emb.min() >= act_lo and emb.max() <= act_hi
+    lut_sigmoid, lut_tanh = activation_luts(array)
+    return Design(
+        array=array, vocab_size=vocab, emsize=emsize, act_size=h_base[-1], cell_size=cell_base[-1],
+        matrices=tuple(matrices), lut_sigmoid=lut_sigmoid, lut_tanh=lut_tanh, embedding=emb,
+        quant_saturations=sat.total, **builder.arrays())
+
+
+def activation_luts(array: ArrayConfig) -> tuple[np.ndarray, np.ndarray]:
+    """sigmoid and tanh tables; entry at address (index mod size) holds f(index * 2**-lut_frac)."""
+    fmt = array.formats
+    half = fmt.lut_size // 2
+    index = np.arange(fmt.lut_size)
+    index = np.where(index >= half, index - fmt.lut_size, index)  # two's complement address
+    x = index * 2.0 ** -fmt.lut_frac
+    scale = 2.0 ** fmt.act_frac
+    sig = np.rint(scale / (1.0 + np.exp(-x))).astype(np.int64)
+    tanh = np.rint(scale * np.tanh(x)).astype(np.int64)
+    return sig, tanh
+
+
+def section_exponent(max_w: float, max_b: float, array: ArrayConfig, out_frac: int) -> int:
+    """Largest e with max|w| * 2**e within int weight range and max|b| within acc/4."""
+    fmt = array.formats
+    e_min = out_frac - fmt.act_frac  # shift = e + act_frac - out_frac >= 0
+    e_max = fmt.max_shift - fmt.act_frac + out_frac
+    e = e_max
+    if max_w > 0:
+        e = min(e, math.floor(math.log2(((1 << (fmt.weight_bits - 1)) - 1) / max_w)))
+    if max_b > 0:
+        e = min(e, math.floor(math.log2((1 << (fmt.acc_bits - 3)) / max_b)) - fmt.act_frac)
+    return max(e, e_min)
+
+
+class _TileBuilder:
+    """Accumulates tiles and row blocks of all matrices in execution order."""
+
+    def __init__(self, array: ArrayConfig) -> None:
+        self.array = array
+        self.tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, bool, bool]] = []
+        self.bias: list[np.ndarray] = []
+        self.shift: list[np.ndarray] = []
+
+    def add(self, name, kind, matrix, bias, packing, section, in_base, out_frac, sat, *,
+            hidden, out_base, cell_base) -> MatrixInfo:
+        arr, fmt = self.array, self.array.formats
+        R, C = matrix.shape
+        if packing is None:
+            packing = combine_columns(matrix, arr.alpha, 0.0, row_block=arr.rows)
+        _check_packing(name, matrix, packing, arr)
+        matrix = np.where(packing.mask, matrix, 0.0)
+        tile_start, block_start = len(self.tiles), len(self.bias)
+        packed_cells = nnz = 0
+        for r0 in range(0, R, arr.rows):
+            r1 = min(R, r0 + arr.rows)
+            rows = slice(r0, r1)
+            # Per-section exponents and the per-row shift/bias of this block.
+            e_row = np.zeros(arr.rows, dtype=np.int64)
+            for s in np.unique(section[rows]):
+                sel = np.flatnonzero(section[rows] == s)
+                e = section_exponent(np.abs(matrix[r0 + sel]).max(initial=0.0),
+                                     float(np.abs(bias[r0 + sel]).max(initial=0.0)), arr, out_frac)
+                e_row[sel] = e
+            wq = np.rint(matrix[rows] * 2.0 ** e_row[: r1 - r0, None]).astype(np.int64)
+            wq = sat.saturate(wq, fmt.weight_bits, f"{name} weights")
+            bq = np.zeros(arr.rows, dtype=np.int64)
+            bq[: r1 - r0] = np.rint(bias[rows] * 2.0 ** (e_row[: r1 - r0] + fmt.act_frac))
+            bq = sat.saturate(bq, fmt.acc_bits, f"{name} bias")
+            self.bias.append(bq)
+            self.shift.append(e_row + fmt.act_frac - out_frac)
+            groups = [g for g in _block_groups(packing, r0) if np.any(wq[:, list(g)])]
+            packed_cells += (r1 - r0) * len(groups)
+            nnz += int(np.count_nonzero(wq))
+            n_tiles = max(1, math.ceil(len(groups) / arr.cols))
+            for k in range(n_tiles):
+                chunk = groups[k * arr.cols:(k + 1) * arr.cols]
+                self.tiles.append(self._tile(wq, chunk, in_base, len(self.bias) - 1, k == 0, k == n_tiles - 1))
+        return MatrixInfo(
+            name=name, kind=kind, rows=R, in_base=in_base, in_size=C, hidden=hidden, out_base=out_base,
+            cell_base=cell_base, tile_start=tile_start, n_tiles=len(self.tiles) - tile_start,
+            block_start=block_start, n_blocks=len(self.bias) - block_start, dense_cells=R * C,
+            packed_cells=packed_cells, nnz=nnz)
+
+    def _tile(self, wq, groups, in_base, block, first, last):
+        arr = self.array
+        weight = np.zeros((arr.rows, arr.cols), dtype=np.int64)
+        select = np.zeros((arr.rows, arr.cols), dtype=np.int64)
+        addr = np.full((arr.cols, arr.alpha), in_base, dtype=np.int64)
+        n = wq.shape[0]
+        for c, group in enumerate(groups):
+            cols = np.asarray(group)
+            addr[c, : len(cols)] = in_base + cols
+            sub = wq[:, cols]
+            nz = sub != 0
+            s = np.argmax(nz, axis=1)  # the one nonzero of each row (0 when none)
+            weight[:n, c] = sub[np.arange(n), s]
+            select[:n, c] = s
+        return weight, select, addr, block, first, last
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        w, s, a, b, f, l = zip(*self.tiles)
+        return dict(tile_weight=np.stack(w), tile_sel=np.stack(s), tile_addr=np.stack(a),
+                    tile_block=np.array(b, dtype=np.int64), tile_first=np.array(f), tile_last=np.array(l),
+                    block_bias=np.stack(self.bias), block_shift=np.stack(self.shift))
+
+
+def _check_packing(name: str, matrix: np.ndarray, packing: Packing, arr: ArrayConfig) -> None:
+    if packing.shape != matrix.shape:
+        raise QuantizeError(f"{name}: packing is for a {packing.shape} matrix, the weights are {matrix.shape}")
+    if packing.alpha > arr.alpha:
+        raise QuantizeError(f"{name}: packing groups up to {packing.alpha} columns but the MX cell muxes "
+                            f"array.alpha={arr.alpha}; combine again with alpha <= {arr.alpha}")
+    if packing.row_block is not None and packing.row_block % arr.rows:
+        raise QuantizeError(f"{name}: packing row_block={packing.row_block} is not a multiple of the array "
+                            f"height array.rows={arr.rows}; combine with row_block={arr.rows}")
+    try:
+        check_packing(np.where(packing.mask, matrix, 0.0), packing)
+    except ValueError as e:
+        raise QuantizeError(f"{name}: packing does not fit the weights: {e}") from None
+
+
+def _block_groups(packing: Packing, row: int) -> tuple[tuple[int, ...], ...]:
+    for start, stop, groups in packing.blocks:
+        if start <= row < stop:
+            return groups
+    return ()

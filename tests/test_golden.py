@@ -1,0 +1,151 @@
+"""The quantizer and the integer golden model against float arithmetic and against themselves."""
+
+import numpy as np
+import pytest
+
+from ccflow.arrayconfig import ArrayConfig, NumberFormats
+from ccflow.combine import combine_columns, lstm_matrix
+from ccflow.design import Design
+from ccflow.fixedpoint import round_shift
+from ccflow.golden import GoldenModel, batchify, fixed_point_bpc
+from ccflow.quantize import FloatLSTM, FloatModel, QuantizeError, quantize
+
+
+def random_model(rng, **kw):
+    return FloatModel.random(seed=int(rng.integers(1 << 30)), **kw)
+
+
+def float_logits(model: FloatModel, tokens):
+    """Plain float LSTM (PyTorch gate order), one token at a time."""
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    h = [np.zeros(l.hidden) for l in model.layers]
+    c = [np.zeros(l.hidden) for l in model.layers]
+    out = []
+    for t in tokens:
+        x = model.embedding[t]
+        for k, l in enumerate(model.layers):
+            gi, gf, gg, go = np.split(l.w_ih @ x + l.w_hh @ h[k] + l.bias, 4)
+            c[k] = sig(gf) * c[k] + sig(gi) * np.tanh(gg)
+            h[k] = sig(go) * np.tanh(c[k])
+            x = h[k]
+        out.append(model.embedding @ x + model.decoder_bias)
+    return np.array(out)
+
+
+def unpack(design: Design, name: str) -> np.ndarray:
+    """Rebuild the int weight matrix of one matrix from its tiles (act-address columns)."""
+    m = next(m for m in design.matrices if m.name == name)
+    rows = design.array.rows
+    out = np.zeros((m.n_blocks * rows, m.in_size), dtype=np.int64)
+    for t in range(m.tile_start, m.tile_start + m.n_tiles):
+        b = design.tile_block[t] - m.block_start
+        for r in range(rows):
+            for c in range(design.array.cols):
+                w = design.tile_weight[t, r, c]
+                if w:
+                    col = design.tile_addr[t, c, design.tile_sel[t, r, c]] - m.in_base
+                    assert out[b * rows + r, col] == 0, "a weight is placed twice"
+                    out[b * rows + r, col] = w
+    return out[: m.rows]
+
+
+@pytest.mark.parametrize("rows,cols,alpha,gamma", [(4, 2, 2, 0.0), (8, 3, 4, 0.5), (16, 8, 8, 1.0)])
+def test_tiles_hold_exactly_the_combined_weights(rows, cols, alpha, gamma):
+    rng = np.random.default_rng(rows * 100 + cols)
+    model = random_model(rng, hidden=(12, 16))
+    array = ArrayConfig(rows=rows, cols=cols, alpha=alpha)
+    packings = {}
+    for k, l in enumerate(model.layers):
+        packings[k] = combine_columns(lstm_matrix(l.w_ih, l.w_hh), alpha, gamma, row_block=rows)
+    design = quantize(model, array, packings)
+    for k, l in enumerate(model.layers):
+        expected_nz = packings[k].mask & (lstm_matrix(l.w_ih, l.w_hh) != 0)
+        got = unpack(design, f"lstm{k}")
+        # every kept weight is placed where it belongs; rounding to 0 is the only loss
+        assert np.all((got != 0) <= expected_nz)
+        assert np.count_nonzero(got) >= 0.9 * expected_nz.sum()
+        m = design.matrices[k]
+        assert m.packed_cells <= packings[k].packed_cells
+        assert m.n_tiles <= sum(max(1, -(-len(grp) // cols)) for _, _, grp in packings[k].blocks)
+
+
+def test_golden_tracks_the_float_model():
+    rng = np.random.default_rng(7)
+    model = random_model(rng)
+    design = quantize(model, ArrayConfig(rows=8, cols=4, alpha=4))
+    tokens = rng.integers(0, 13, 40)
+    ref = float_logits(model, tokens)
+    got = GoldenModel(design).run(tokens) * 2.0 ** -design.array.formats.logit_frac
+    assert np.abs(got - ref).max() < 0.05, np.abs(got - ref).max()
+    assert (got.argmax(1) == ref.argmax(1)).mean() > 0.9
+
+
+def test_batched_streams_equal_single_streams():
+    rng = np.random.default_rng(3)
+    design = quantize(random_model(rng), ArrayConfig(rows=8, cols=4, alpha=4))
+    tokens = rng.integers(0, 13, (12, 3))
+    batched = GoldenModel(design, batch=3)
+    got = np.stack([batched.step(t) for t in tokens])  # [T, 3, V]
+    for s in range(3):
+        np.testing.assert_array_equal(got[:, s], GoldenModel(design).run(tokens[:, s]))
+
+
+def test_accumulator_saturation_is_counted_and_matches_the_slow_path():
+    rng = np.random.default_rng(5)
+    fmt = NumberFormats(acc_bits=24)  # small accumulator
+    model = random_model(rng, hidden=(40, 40), sparsity=0.0)
+    # all-positive weights and inputs: every running sum grows past 2**23
+    model = FloatModel(tuple(FloatLSTM(np.abs(l.w_ih), np.abs(l.w_hh), l.bias) for l in model.layers),
+                       np.abs(model.embedding) + 4.0, model.decoder_bias)
+    design = quantize(model, ArrayConfig(rows=8, cols=2, alpha=2, formats=fmt))
+    g = GoldenModel(design)
+    g.run(rng.integers(0, 13, 20))
+    assert g.sat.by_site.get("accumulator", 0) > 0
+    # the vectorised fast path and the tile-by-tile loop agree when nothing saturates
+    small = quantize(random_model(rng), ArrayConfig(rows=8, cols=2, alpha=2))
+    fast = GoldenModel(small)
+    slow = GoldenModel(small)
+    slow._acc_lo, slow._acc_hi = 1, 0  # forces the saturating loop
+    for t in rng.integers(0, 13, 10):
+        fast.step([t])
+        slow_logits = slow.step([t])
+    np.testing.assert_array_equal(fast.act, slow.act)
+    np.testing.assert_array_equal(fast.cell, slow.cell)
+    assert slow_logits.shape == (1, 13)
+
+
+def test_round_shift_rounds_half_up():
+    x = np.array([-6, -5, -3, -2, 2, 3, 5, 6])
+    np.testing.assert_array_equal(round_shift(x, 1), [-3, -2, -1, -1, 1, 2, 3, 3])
+    np.testing.assert_array_equal(round_shift(x, 0), x)
+
+
+def test_fixed_point_bpc_is_close_to_uniform_for_a_random_model():
+    rng = np.random.default_rng(11)
+    design = quantize(random_model(rng, scale=0.05), ArrayConfig(rows=8, cols=4, alpha=4))
+    bpc = fixed_point_bpc(design, rng.integers(0, 13, 400), streams=4)
+    assert abs(bpc - np.log2(13)) < 0.2
+
+
+def test_design_round_trips_through_disk(tmp_path):
+    rng = np.random.default_rng(2)
+    design = quantize(random_model(rng), ArrayConfig(rows=8, cols=4, alpha=4))
+    design.save(tmp_path)
+    again = Design.load(tmp_path)
+    assert again.matrices == design.matrices and again.array == design.array
+    tokens = rng.integers(0, 13, 8)
+    np.testing.assert_array_equal(GoldenModel(again).run(tokens), GoldenModel(design).run(tokens))
+
+
+def test_packing_with_the_wrong_alpha_is_refused():
+    rng = np.random.default_rng(4)
+    model = random_model(rng)
+    l = model.layers[0]
+    wide = combine_columns(lstm_matrix(l.w_ih, l.w_hh), 8, 0.0, row_block=8)
+    with pytest.raises(QuantizeError, match="alpha"):
+        quantize(model, ArrayConfig(rows=8, cols=4, alpha=4), {0: wide})
+
+
+def test_batchify_drops_the_remainder():
+    cols = batchify(np.arange(10), 3)
+    assert cols.shape == (3, 3) and cols[:, 1].tolist() == [3, 4, 5]
