@@ -93,10 +93,14 @@ class CombineConfig:
     epochs: tuple[int, ...] = ()  # combine after these epochs (1-based); () = never
     gamma: float = 0.0  # conflicts per row allowed in a group (0 = conflict-free CC)
     row_split: bool = True  # combine separately in each block of array.rows rows
+    allow_first_epoch: bool = False  # early training drops BPC fastest; combining after epoch 1 is opt-in
 
     def __post_init__(self) -> None:
         _check(self.gamma >= 0, f"combine.gamma={self.gamma} must be >= 0")
         _check(all(e >= 1 for e in self.epochs), f"combine.epochs={self.epochs} must all be >= 1")
+        _check(1 not in self.epochs or self.allow_first_epoch,
+               f"combine.epochs={list(self.epochs)} combines after epoch 1, while BPC still drops fastest; "
+               "start at epoch 2 or later, or set combine.allow_first_epoch=true to do it anyway")
 
 
 @dataclass(frozen=True)

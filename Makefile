@@ -1,0 +1,88 @@
+# ccflow: train -> column-combine -> quantize -> render RTL/HLS -> simulate.
+# `make` runs the whole flow on the built-in default; `make test` runs the tests.
+# `make help` lists the targets and variables.
+
+CONFIG ?= tiny
+DATA   ?=
+SIM    ?= icarus
+SIMS   ?= icarus verilator
+TOKENS ?= 64
+ARGS   ?=
+PY     ?= python3
+
+CONFIG_FILE := $(if $(wildcard $(CONFIG)),$(CONFIG),configs/$(CONFIG).toml)
+BUILD  ?= build/$(basename $(notdir $(CONFIG)))$(if $(DATA),-$(notdir $(abspath $(DATA))))
+MODEL  := $(BUILD)/train/model.pt
+CKPT   := $(BUILD)/train/checkpoint.pt
+RTL    := $(BUILD)/rtl
+REPORT := $(RTL)/report.json
+SETUP  := build/.setup-done
+CCFLOW := $(PY) -m ccflow
+GEN_SOURCES := $(wildcard rtl_templates/* hls/*) $(addprefix python/ccflow/,arrayconfig.py combine.py design.py \
+               fixedpoint.py quantize.py golden.py generate.py hls.py flow.py)
+
+.PHONY: all help setup train rtl sim sim-all hls summary test test-fast bench bench-combine bench-train \
+        plots experiments lint clean
+
+all: sim-all hls summary ## the whole flow on CONFIG (default tiny): train, rtl, both simulators, HLS check, summary
+
+help: ## list targets and variables
+	@echo "ccflow make targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@echo
+	@echo "variables: CONFIG=$(CONFIG) (preset in configs/ or a .toml path)  DATA=$(DATA) (corpus folder/file)"
+	@echo "           SIM=$(SIM)  SIMS=$(SIMS)  TOKENS=$(TOKENS) (stimulus tokens)  ARGS=$(ARGS) (extra train args)"
+	@echo "           BUILD=$(BUILD) (output folder)"
+
+setup: $(SETUP) ## install iverilog + yosys (apt-get) and the Python package with pinned deps (pip)
+
+$(SETUP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+
+train: $(SETUP) ## train CONFIG (resumes an interrupted run of the same config)
+	@resume=""; if [ -f $(CKPT) ] && [ $(CKPT) -nt $(CONFIG_FILE) ]; then resume="--resume"; fi; \
+	set -x; $(CCFLOW) train --config $(CONFIG) --out $(BUILD)/train $(if $(DATA),--data $(DATA)) $$resume $(ARGS)
+
+$(MODEL): $(CONFIG_FILE) | $(SETUP)
+	$(MAKE) --no-print-directory train
+
+rtl: $(REPORT) ## quantize, pack, render Verilog + HLS C++ + ROMs into BUILD/rtl, score float vs fixed BPC
+
+$(REPORT): $(MODEL) $(GEN_SOURCES)
+	$(CCFLOW) rtl --checkpoint $(MODEL) --out $(RTL) --tokens $(TOKENS)
+
+sim: $(REPORT) ## cocotb regression of BUILD/rtl on SIM (icarus or verilator); does not regenerate
+	$(CCFLOW) sim --rtl $(RTL) --sim $(SIM)
+
+sim-all: $(REPORT) ## the cocotb regression on every simulator in SIMS
+	$(CCFLOW) sim --rtl $(RTL) --sim $(SIMS)
+
+hls: $(REPORT) ## compile the HLS C++ with g++ and check it against the golden model
+	$(CCFLOW) hls --rtl $(RTL)
+
+summary: ## print corpus, BPC, cells, utilization, cycles per token and simulation verdicts
+	@$(CCFLOW) summary --rtl $(RTL)
+
+test: $(SETUP) ## the whole test suite (pytest, including the cocotb benches on both simulators)
+	$(PY) -m pytest
+
+test-fast: $(SETUP) ## the test suite without the HDL simulations
+	$(PY) -m pytest -m "not sim"
+
+lint: $(REPORT) ## pyverilog parse, verilator --lint-only -Wall and a yosys resource estimate of BUILD/rtl
+	$(PY) -c "from ccflow.simulate import parse_pyverilog, lint_verilator, yosys_stat; \
+	parse_pyverilog('$(RTL)'); lint_verilator('$(RTL)'); print(yosys_stat('$(RTL)'))"
+
+bench: bench-combine bench-train ## both benchmarks
+
+bench-combine: $(SETUP) ## column combining: ours vs a naive greedy merge, random and paper-size matrices
+	$(PY) bench/bench_combine.py
+
+bench-train: $(SETUP) ## time per training step: dense vs masked+combining vs torch.nn.LSTM
+	$(PY) bench/bench_train.py
+
+plots: ## PNG training curves of BUILD/train/log.csv into BUILD/plots
+	$(CCFLOW) plots $(BUILD)/train/log.csv --out $(BUILD)/plots
+
+clean: ## remove build/ (generated files, checkpoints, caches)
+	rm -rf build

@@ -1,0 +1,182 @@
+"""``python -m ccflow <command>``: every stage of the flow from the command line.
+
+The Makefile calls exactly these commands, so ``make`` and a hand-written sweep
+go through the same code. Known failures (bad config, missing data, a
+checkpoint from another configuration, a packing that does not fit the array)
+print one line naming the fix and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _overrides(args) -> list[str]:
+    sets = list(args.set or [])
+    if getattr(args, "epochs", None) is not None:
+        sets.append(f"train.epochs={args.epochs}")
+    if getattr(args, "data", None):
+        sets.append(f"data.corpus={json.dumps(args.data)}")
+    return sets
+
+
+def cmd_train(args) -> None:
+    from .config import load_config
+    from .train import run_training
+
+    cfg = load_config(args.config, _overrides(args))
+    out = Path(args.out or f"build/{cfg.name}/train")
+    print(run_training(cfg, out, resume=args.resume, device=args.device))
+
+
+def cmd_eval(args) -> None:
+    from .evaluate import evaluate_checkpoint
+
+    bpc = evaluate_checkpoint(args.checkpoint, split=args.split, corpus_spec=args.data)
+    print(f"{args.split} BPC {bpc:.4f}")
+
+
+def cmd_rtl(args) -> None:
+    from .flow import build_rtl, summary
+
+    build_rtl(args.checkpoint, args.out, overrides=args.set or [], streams=args.streams,
+              stimulus_tokens=args.tokens, score=not args.no_score)
+    print(summary(args.out))
+
+
+def cmd_sim(args) -> None:
+    from .flow import simulate
+
+    for sim in args.sim:
+        r = simulate(args.rtl, sim=sim, tokens=args.tokens)
+        print(f"{sim}: bit-exact on {r['tokens_checked']} tokens, {r['cycles_per_token']:.1f} cycles per token")
+
+
+def cmd_hls(args) -> None:
+    from .flow import check_hls
+
+    r = check_hls(args.rtl, tokens=args.tokens)
+    print(f"HLS C simulation: bit-exact on {r['tokens_checked']} tokens")
+
+
+def cmd_summary(args) -> None:
+    from .flow import summary
+
+    print(summary(args.rtl))
+
+
+def cmd_plots(args) -> None:
+    from .plots import plot_training
+
+    for p in plot_training([Path(p) for p in args.logs], Path(args.out)):
+        print(p)
+
+
+def cmd_prepare_enwik8(args) -> None:
+    from .corpus import prepare_enwik8
+
+    print(prepare_enwik8(args.zip, args.out))
+
+
+def cmd_combine(args) -> None:
+    from .checkpoint import load_model
+    from .combine import combine_columns, lstm_matrix
+
+    trained = load_model(args.checkpoint)
+    row_block = args.row_block or None
+    for k, layer in enumerate(trained.model.layers):
+        w_ih, w_hh = (w.detach().cpu().numpy() for w in layer.effective_weights())
+        p = combine_columns(lstm_matrix(w_ih, w_hh), args.alpha, args.gamma, row_block)
+        print(f"layer {k}: {p.shape[0]} x {p.shape[1]} -> {p.groups_total} groups, {p.packed_cells:,} packed cells, "
+              f"utilization {p.utilization:.1%}, kept {p.nnz:,} of {int((lstm_matrix(w_ih, w_hh) != 0).sum()):,}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ccflow", description="Column-combined LSTM language models, from "
+                                "training to bit-exact hardware: train -> rtl -> sim.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a char-LM with pruning + column combining on a schedule")
+    t.add_argument("--config", default="tiny", help="preset name in configs/ or a .toml path")
+    t.add_argument("--out", help="output folder (default build/<config>/train)")
+    t.add_argument("--epochs", type=int, help="override train.epochs")
+    t.add_argument("--data", help="corpus: builtin, ptbc-small, a train/valid/test.txt folder or a text file")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. model.nhid=256")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="bits per character of a checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    e.add_argument("--data", help="corpus to score (default: the one it was trained on)")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("rtl", help="quantize, pack, render Verilog + HLS C++ + ROMs, score fixed-point BPC")
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--out", required=True, help="rtl output folder")
+    r.add_argument("--tokens", type=int, default=64, help="held-out test tokens to store as simulation stimulus")
+    r.add_argument("--streams", type=int, default=16, help="parallel streams for scoring BPC")
+    r.add_argument("--no-score", action="store_true", help="skip the float/fixed BPC evaluation")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override e.g. array.cols=16")
+    r.set_defaults(func=cmd_rtl)
+
+    s = sub.add_parser("sim", help="cocotb regression of the generated top against the golden model")
+    s.add_argument("--rtl", required=True)
+    s.add_argument("--sim", nargs="+", default=["icarus"], choices=["icarus", "verilator"])
+    s.add_argument("--tokens", type=int, help="simulate only the first N stimulus tokens")
+    s.set_defaults(func=cmd_sim)
+
+    h = sub.add_parser("hls", help="compile the HLS C++ with g++ and compare with the golden model")
+    h.add_argument("--rtl", required=True)
+    h.add_argument("--tokens", type=int)
+    h.set_defaults(func=cmd_hls)
+
+    m = sub.add_parser("summary", help="print the figures of a built design")
+    m.add_argument("--rtl", required=True)
+    m.set_defaults(func=cmd_summary)
+
+    c = sub.add_parser("combine", help="column-combine a checkpoint's LSTM matrices and print the packing")
+    c.add_argument("checkpoint")
+    c.add_argument("--alpha", type=int, default=8)
+    c.add_argument("--gamma", type=float, default=0.0)
+    c.add_argument("--row-block", type=int, default=0)
+    c.set_defaults(func=cmd_combine)
+
+    pl = sub.add_parser("plots", help="PNG curves from training logs")
+    pl.add_argument("logs", nargs="+", help="log.csv files")
+    pl.add_argument("--out", required=True)
+    pl.set_defaults(func=cmd_plots)
+
+    pe = sub.add_parser("prepare-enwik8", help="split enwik8.zip 90M/5M/5M into train/valid/test.txt")
+    pe.add_argument("zip")
+    pe.add_argument("out")
+    pe.set_defaults(func=cmd_prepare_enwik8)
+    return p
+
+
+def main(argv=None) -> int:
+    from .arrayconfig import ConfigError
+    from .corpus import CorpusError
+
+    known: tuple[type[BaseException], ...] = (ConfigError, CorpusError, FileNotFoundError)
+    try:
+        from .checkpoint import CheckpointError
+        from .quantize import QuantizeError
+        known += (CheckpointError, QuantizeError)
+    except ImportError:  # pragma: no cover - partial installs
+        pass
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except known as e:
+        print(f"ccflow {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
