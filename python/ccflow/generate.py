@@ -1,0 +1,251 @@
+"""Render the Verilog of one :class:`~ccflow.design.Design` and write its ROM files.
+
+``render_rtl(design, out_dir)`` writes, into ``out_dir``:
+
+* ``array_config.json`` + ``design.npz`` (``Design.save``): what the test benches
+  and the golden model load -- never the ``.mem`` files;
+* every template of ``rtl_templates/`` (Jinja2, ``StrictUndefined``): the
+  configuration header ``ccflow_config.vh`` and one module per ``.v`` file;
+* the ``$readmemh`` files laid out exactly as docs/hardware.md's table says
+  (one word per line, hex, most significant digit first, field 0 in the least
+  significant bits).
+
+Everything a template needs is in :func:`rtl_context`: the array and number
+formats, the model sizes, the widths derived from them, and the per-matrix
+layout (tile and block ranges, activation and cell-state bases) that the
+controller, the pointwise unit and the activation memory unroll into case
+statements. Widths that are not fixed by docs/hardware.md are chosen here:
+
+==================  =========================================================
+``sel_bits``        ``ArrayConfig.sel_bits`` (log2 alpha, at least 1)
+``addr_bits``       clog2(act_size): one activation address in ``addrs.mem``
+``shift_bits``      bits of max(max_shift, largest row shift): ``shift.mem``
+``block_bits``      clog2(n_blocks): the block field of ``tiles.mem``
+``psum_bits``       weight + act + clog2(cols) + 1: an exact in-tile row sum
+==================  =========================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .design import Design
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_DIR = Path(os.environ.get("CCFLOW_RTL_TEMPLATES", REPO_ROOT / "rtl_templates"))
+
+# .mem file -> (Design array, bits per field, signed); the word layouts of docs/hardware.md.
+MEM_FILES = ("weights.mem", "selects.mem", "addrs.mem", "tiles.mem", "bias.mem", "shift.mem",
+             "embedding.mem", "sigmoid.mem", "tanh.mem")
+
+
+class RenderError(RuntimeError):
+    """A template that cannot be rendered (undefined variable, syntax error) or a value that does not fit."""
+
+
+def bits_for(n: int) -> int:
+    """Address width for ``n`` entries (at least 1 so a port never vanishes)."""
+    return max(1, math.ceil(math.log2(max(n, 1))))
+
+
+def psum_bits(array) -> int:
+    """Width of an exact in-tile row sum: weight + act + clog2(cols) + 1 (sign-extension headroom)."""
+    return array.formats.weight_bits + array.formats.act_bits + bits_for(array.cols) + 1
+
+
+def rtl_context(design: Design) -> dict:
+    """Every number the templates use, derived from the design (nothing is written down twice)."""
+    arr, fmt = design.array, design.array.formats
+    rows, cols, alpha = arr.rows, arr.cols, arr.alpha
+    units = rows // 4
+    n_mats = len(design.matrices)
+    block_bits = bits_for(design.n_blocks)
+    shift_bits = max(1, int(max(fmt.max_shift, int(design.block_shift.max()))).bit_length())
+    psum = psum_bits(arr)
+    addr_bits = bits_for(design.act_size)
+    cell_addr_bits = bits_for(design.cell_size)
+    # Pointwise lane arithmetic: unit = local_block * units + lane, exact in unit_bits.
+    unit_bits = block_bits + max(1, units.bit_length())
+    matrices = []
+    for k, m in enumerate(design.matrices):
+        matrices.append(dict(
+            index=k, name=m.name, kind=m.kind, rows=m.rows, hidden=m.hidden,
+            in_base=m.in_base, out_base=m.out_base, cell_base=m.cell_base,
+            tile_first=m.tile_start, tile_last=m.tile_start + m.n_tiles - 1, n_tiles=m.n_tiles,
+            block_first=m.block_start, block_last=m.block_start + m.n_blocks - 1, n_blocks=m.n_blocks))
+    dec = matrices[-1]
+    dec_blocks = []
+    for b in range(dec["n_blocks"]):
+        lo = b * rows
+        dec_blocks.append(dict(block=dec["block_first"] + b, lo=lo, n=min(rows, design.vocab_size - lo)))
+    ctx = dict(
+        rows=rows, cols=cols, alpha=alpha, sel_bits=arr.sel_bits, units=units, cells=arr.cells,
+        weight_bits=fmt.weight_bits, act_bits=fmt.act_bits, act_frac=fmt.act_frac, acc_bits=fmt.acc_bits,
+        cell_bits=fmt.cell_bits, lut_frac=fmt.lut_frac, lut_shift=fmt.lut_shift, lut_bits=fmt.lut_bits,
+        lut_size=fmt.lut_size, logit_frac=fmt.logit_frac, max_shift=fmt.max_shift,
+        shift_bits=shift_bits, psum_bits=psum,
+        sum_bits=max(fmt.acc_bits, psum) + 1,  # bias/accumulator + row sum, before saturation
+        rq_bits=max(fmt.acc_bits, (1 << shift_bits) - 1) + 2,  # round_shift of an accumulator
+        vocab=design.vocab_size, tok_bits=bits_for(design.vocab_size), emsize=design.emsize,
+        act_size=design.act_size, addr_bits=addr_bits, cell_size=design.cell_size, cell_addr_bits=cell_addr_bits,
+        n_tiles=design.n_tiles, tile_bits=bits_for(design.n_tiles),
+        n_blocks=design.n_blocks, block_bits=block_bits,
+        n_mats=n_mats, mat_bits=bits_for(n_mats), n_layers=len(design.lstm_layers),
+        unit_bits=unit_bits,
+        cidx_bits=max(unit_bits, cell_addr_bits) + 1,  # cell-state index of a lane (padding lanes included)
+        haddr_bits=max(unit_bits, addr_bits) + 1,  # activation address of a lane's h
+        acc_event_bits=(2 * rows).bit_length(), pw_event_bits=(2 * units).bit_length(),
+        dec_rows=min(rows, design.vocab_size),
+        matrices=matrices, lstm=[m for m in matrices if m["kind"] == "lstm"], dec=dec, dec_blocks=dec_blocks,
+        packed_cells=design.packed_cells, ideal_cycles=design.ideal_cycles,
+    )
+    ctx["tile_meta_bits"] = block_bits + 2
+    return ctx
+
+
+# --- Verilog helpers available in every template ----------------------------
+
+
+def sext(name: str, frm: int, to: int) -> str:
+    """Sign-extend signal ``name`` from ``frm`` to ``to`` bits (lint-clean, no implicit widening)."""
+    if to < frm:
+        raise RenderError(f"sext({name}): cannot narrow {frm} -> {to} bits")
+    return name if to == frm else f"{{ {{{to - frm}{{{name}[{frm - 1}]}}}}, {name}}}"
+
+
+def zext(expr: str, frm: int, to: int) -> str:
+    """Zero-extend ``expr`` from ``frm`` to ``to`` bits."""
+    if to < frm:
+        raise RenderError(f"zext({expr}): cannot narrow {frm} -> {to} bits")
+    return expr if to == frm else f"{{{to - frm}'d0, {expr}}}"
+
+
+def lit(value: int, width: int) -> str:
+    """A sized unsigned literal; refuses values that do not fit."""
+    if not 0 <= value < (1 << width):
+        raise RenderError(f"literal {value} does not fit {width} bits")
+    return f"{width}'d{value}"
+
+
+def half(shift: int) -> int:
+    """The rounding constant of round_shift: (1 << shift) >> 1."""
+    return (1 << shift) >> 1
+
+
+def _environment(template_dir: Path):
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir)), undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(sext=sext, zext=zext, lit=lit, half=half, max=max, min=min, range=range)
+    return env
+
+
+def _render(env, name: str, ctx: dict) -> str:
+    import jinja2
+
+    try:
+        return env.get_template(name).render(**ctx)
+    except jinja2.UndefinedError as e:
+        m = re.search(r"'([^']+)' is undefined", str(e))
+        what = m.group(1) if m else str(e).splitlines()[0]
+        raise RenderError(f"rtl_templates/{name}: undefined template variable '{what}'") from None
+    except jinja2.TemplateSyntaxError as e:
+        raise RenderError(f"rtl_templates/{name}:{e.lineno}: template syntax error: {e.message}") from None
+
+
+def render_rtl(design: Design, out_dir: str | Path, template_dir: str | Path | None = None) -> list[Path]:
+    """Write design.npz, array_config.json, the Verilog and the .mem files; return the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    template_dir = Path(template_dir) if template_dir is not None else TEMPLATE_DIR
+    templates = sorted(p.name for p in template_dir.glob("*.j2"))
+    if not templates:
+        raise RenderError(f"no templates (*.j2) in {template_dir}")
+    design.save(out_dir)
+    written = [out_dir / "array_config.json", out_dir / "design.npz"]
+    env = _environment(template_dir)
+    ctx = rtl_context(design)
+    for name in templates:
+        path = out_dir / name[: -len(".j2")]
+        path.write_text(_render(env, name, ctx))
+        written.append(path)
+    for name, text in mem_files(design).items():
+        (out_dir / name).write_text(text)
+        written.append(out_dir / name)
+    return written
+
+
+def verilog_sources(rtl_dir: str | Path) -> list[Path]:
+    """The generated Verilog modules of an rtl folder (the header is included, not compiled)."""
+    return sorted(Path(rtl_dir).glob("*.v"))
+
+
+# --- $readmemh files ---------------------------------------------------------
+
+
+def mem_layout(design: Design) -> dict[str, tuple[list[tuple[np.ndarray, int, bool]], int]]:
+    """For each .mem file: its fields (values [words, n], bits, signed), LSB first, and the word count."""
+    ctx = rtl_context(design)
+    fmt = design.array.formats
+    t = design.n_tiles
+    return {
+        "weights.mem": ([(design.tile_weight.reshape(t, -1), fmt.weight_bits, True)], t),
+        "selects.mem": ([(design.tile_sel.reshape(t, -1), ctx["sel_bits"], False)], t),
+        "addrs.mem": ([(design.tile_addr.reshape(t, -1), ctx["addr_bits"], False)], t),
+        "tiles.mem": ([(design.tile_block[:, None], ctx["block_bits"], False),
+                       (design.tile_first[:, None].astype(np.int64), 1, False),
+                       (design.tile_last[:, None].astype(np.int64), 1, False)], t),
+        "bias.mem": ([(design.block_bias, fmt.acc_bits, True)], design.n_blocks),
+        "shift.mem": ([(design.block_shift, ctx["shift_bits"], False)], design.n_blocks),
+        "embedding.mem": ([(design.embedding, fmt.act_bits, True)], design.vocab_size),
+        "sigmoid.mem": ([(design.lut_sigmoid[:, None], fmt.act_bits, True)], fmt.lut_size),
+        "tanh.mem": ([(design.lut_tanh[:, None], fmt.act_bits, True)], fmt.lut_size),
+    }
+
+
+def mem_files(design: Design) -> dict[str, str]:
+    return {name: pack_words(name, fields) for name, (fields, _) in mem_layout(design).items()}
+
+
+def pack_words(name: str, fields: list[tuple[np.ndarray, int, bool]]) -> str:
+    """One hex word per line from fields concatenated LSB first; refuses values that do not fit."""
+    columns = []
+    for values, bits, signed in fields:
+        v = np.asarray(values, dtype=np.int64)
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        if v.size and (v.min() < lo or v.max() > hi):
+            raise RenderError(f"{name}: value out of the {bits}-bit {'signed' if signed else 'unsigned'} "
+                              f"field range {lo}..{hi} (min {v.min()}, max {v.max()})")
+        columns.append((v & ((1 << bits) - 1))[..., None] >> np.arange(bits) & 1)  # [words, n, bits]
+    words = columns[0].shape[0]
+    bitmat = np.concatenate([c.reshape(words, -1) for c in columns], axis=1).astype(np.uint8)
+    pad = (-bitmat.shape[1]) % 4
+    if pad:
+        bitmat = np.concatenate([bitmat, np.zeros((words, pad), dtype=np.uint8)], axis=1)
+    nibbles = bitmat.reshape(words, -1, 4) @ np.array([1, 2, 4, 8], dtype=np.uint8)
+    digits = np.array(list("0123456789abcdef"))[nibbles[:, ::-1]]
+    return "".join("".join(row) + "\n" for row in digits)
+
+
+def read_mem(path: str | Path, fields: list[tuple[int, int, bool]]) -> list[np.ndarray]:
+    """Parse a .mem file back into fields ``(count, bits, signed)``, LSB first: [words, count] each."""
+    words = [int(line, 16) for line in Path(path).read_text().split()]
+    out = []
+    shift = 0
+    for count, bits, signed in fields:
+        a = np.zeros((len(words), count), dtype=np.int64)
+        mask = (1 << bits) - 1
+        for w, word in enumerate(words):
+            for i in range(count):
+                v = (word >> (shift + i * bits)) & mask
+                a[w, i] = v - (1 << bits) if signed and v >> (bits - 1) else v
+        shift += count * bits
+        out.append(a)
+    return out

@@ -1,0 +1,115 @@
+"""cocotb bench of mx_array: the packed array computes the original (combine-pruned) matrix.
+
+For each case: a random sparse float matrix, column-combined with ccflow.combine.combine_columns
+(alpha, gamma, row blocks of the array height), combine-pruned by the packing's mask and quantized
+to weight_bits. The bench lays the groups out as tiles itself (independently of the quantizer):
+array column c of a tile carries one group, each cell the row's one weight of the group and its
+select; unused cells get weight 0 and a random select, unused inputs random values. The tiles are
+driven one per cycle; every tile's row sums must equal the numpy product, and the row sums
+accumulated over a block's tiles must equal the integer matrix-vector product W @ x.
+"""
+
+from __future__ import annotations
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge
+
+from bench_common import bench_args, load_array, pack, random_signed, unpack, write_results
+from ccflow.combine import combine_columns
+from ccflow.generate import psum_bits
+
+
+def build_tiles(wq: np.ndarray, packing, arr, x: np.ndarray, rng):
+    """[(block, weight [R,C], sel [R,C], inputs [C, alpha])] in block order."""
+    fmt = arr.formats
+    tiles = []
+    for block, (start, stop, groups) in enumerate(packing.blocks):
+        groups = list(groups)
+        chunks = [groups[i:i + arr.cols] for i in range(0, len(groups), arr.cols)] or [[]]
+        for chunk in chunks:
+            weight = np.zeros((arr.rows, arr.cols), dtype=np.int64)
+            sel = rng.integers(0, arr.alpha, (arr.rows, arr.cols))
+            inputs = random_signed(rng, fmt.act_bits, arr.cols * arr.alpha).reshape(arr.cols, arr.alpha)
+            for c, group in enumerate(chunk):
+                cols = np.asarray(group)
+                inputs[c, : len(cols)] = x[cols]
+                sub = wq[start:stop, cols]
+                for r in range(stop - start):
+                    nz = np.flatnonzero(sub[r])
+                    assert len(nz) <= 1, "the packing left two weights of one group in a row"
+                    if len(nz):
+                        weight[r, c] = sub[r, nz[0]]
+                        sel[r, c] = nz[0]
+            tiles.append((block, weight, sel, inputs))
+    return tiles
+
+
+@cocotb.test()
+async def packed_array_computes_the_matrix(dut):
+    args = bench_args()
+    arr = load_array()
+    fmt = arr.formats
+    rows, cols, wb, ab, sb, pb = arr.rows, arr.cols, fmt.weight_bits, fmt.act_bits, arr.sel_bits, psum_bits(arr)
+    rng = np.random.default_rng(int(args.get("seed", 1)))
+    results = {"passed": False, "message": "", "cases": [], "tiles": 0}
+
+    def fail(msg):
+        results["message"] = msg
+        raise AssertionError(msg)
+
+    Clock(dut.clk_i, 10, unit="ns").start()
+    dut.rst_ni.value = 0
+    dut.weight_i.value = 0
+    dut.sel_i.value = 0
+    dut.in_i.value = 0
+    await FallingEdge(dut.clk_i)
+    await FallingEdge(dut.clk_i)
+    dut.rst_ni.value = 1
+
+    def drive(tile):
+        _, weight, sel, inputs = tile
+        dut.weight_i.value = pack(weight.reshape(-1), wb)
+        dut.sel_i.value = pack(sel.reshape(-1), sb)
+        dut.in_i.value = pack(inputs.reshape(-1), ab)
+
+    try:
+        for case in args["cases"]:
+            m_rows, m_cols = case["shape"]
+            alpha, gamma = int(case["alpha"]), float(case["gamma"])
+            dense = rng.normal(0, 1, (m_rows, m_cols)) * (rng.random((m_rows, m_cols)) >= case["sparsity"])
+            packing = combine_columns(dense, alpha, gamma, row_block=rows)
+            kept = np.where(packing.mask, dense, 0.0)
+            if gamma == 0 and not np.array_equal(kept, dense):
+                fail(f"conflict-free combining lost weights for case {case}")
+            scale = ((1 << (wb - 1)) - 1) / max(np.abs(kept).max(), 1e-12)
+            wq = np.rint(kept * scale).astype(np.int64)
+            for _ in range(int(case.get("vectors", 2))):
+                x = random_signed(rng, ab, m_cols, extreme_share=0.3)
+                tiles = build_tiles(wq, packing, arr, x, rng)
+                acc = np.zeros(len(packing.blocks) * rows, dtype=object)
+                drive(tiles[0])
+                for t, tile in enumerate(tiles):
+                    await FallingEdge(dut.clk_i)
+                    got = unpack(dut.rowsum_o.value.to_unsigned(), rows, pb)
+                    if t + 1 < len(tiles):
+                        drive(tiles[t + 1])
+                    block, weight, sel, inputs = tile
+                    exp = (weight * inputs[np.arange(cols)[None, :], sel]).sum(axis=1)
+                    bad = np.flatnonzero(got != exp)
+                    if bad.size:
+                        r = int(bad[0])
+                        fail(f"case {case}: tile {t} (block {block}) row {r}: expected row sum {int(exp[r])}, "
+                             f"got {int(got[r])}")
+                    acc[block * rows:(block + 1) * rows] += got.astype(object)
+                    results["tiles"] += 1
+                want = wq.astype(object) @ x.astype(object)
+                bad = [i for i in range(m_rows) if acc[i] != want[i]]
+                if bad:
+                    fail(f"case {case}: matrix row {bad[0]}: W @ x = {want[bad[0]]}, array accumulated {acc[bad[0]]}")
+            results["cases"].append({**case, "groups": packing.groups_total, "tiles": len(tiles),
+                                     "utilization": round(float(packing.utilization), 3)})
+        results["passed"] = True
+    finally:
+        write_results(args, results)

@@ -1,0 +1,183 @@
+"""The rendered RTL: it parses (pyverilog), is lint-clean (verilator -Wall, no waivers), follows the
+house style, and its ROM files hold exactly the Design's arrays in docs/hardware.md's layouts."""
+
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from ccflow.arrayconfig import ArrayConfig, NumberFormats
+from ccflow.design import Design
+from ccflow.generate import (MEM_FILES, TEMPLATE_DIR, RenderError, mem_layout, pack_words, read_mem, render_rtl,
+                             rtl_context)
+from ccflow.quantize import FloatModel, quantize
+from ccflow.simulate import SimulationError, lint_verilator, parse_pyverilog, yosys_stat
+
+MODULES = ["ccflow_accumulator", "ccflow_act_mem", "ccflow_controller", "ccflow_decoder_out", "ccflow_embedding",
+           "ccflow_pointwise", "ccflow_rom", "ccflow_top", "mx_array", "mx_cell"]
+
+# Several models and arrays, including odd ones: rows not a power of two, alpha not a power of
+# two, alpha 1, a single array column, vocabulary smaller than a row block, wider accumulators,
+# lut_frac == act_frac (no LUT shift), 4-bit weights.
+CONFIGS = {
+    "default": (dict(vocab=96, emsize=32, hidden=(64, 64), sparsity=0.75), ArrayConfig(16, 8, 8)),
+    "tiny": (dict(vocab=13, emsize=8, hidden=(12,)), ArrayConfig(4, 2, 2)),
+    "odd": (dict(vocab=20, emsize=10, hidden=(12, 20)),
+            ArrayConfig(12, 3, 5, NumberFormats(act_bits=12, act_frac=8, lut_frac=8, cell_bits=20, acc_bits=40))),
+    "narrow": (dict(vocab=7, emsize=6, hidden=(9,)),
+               ArrayConfig(32, 1, 1, NumberFormats(weight_bits=4, logit_frac=4, lut_frac=3))),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def rendered(request, tmp_path_factory):
+    model_kw, array = CONFIGS[request.param]
+    design = quantize(FloatModel.random(seed=len(request.param), **model_kw), array)
+    out = tmp_path_factory.mktemp(f"rtl-{request.param}")
+    written = render_rtl(design, out)
+    return design, out, written
+
+
+def test_render_writes_every_file(rendered):
+    design, out, written = rendered
+    names = {p.name for p in written}
+    assert {f"{m}.v" for m in MODULES} | {"ccflow_config.vh", "array_config.json", "design.npz"} | set(MEM_FILES) <= names
+    assert all(p.is_file() and p.parent == out for p in written)
+    assert Design.load(out).matrices == design.matrices
+
+
+def test_every_file_parses_with_pyverilog(rendered):
+    _, out, _ = rendered
+    assert parse_pyverilog(out) == {f"{m}.v": [m] for m in MODULES}
+
+
+def test_verilator_lint_is_clean_without_waivers(rendered):
+    _, out, _ = rendered
+    result = lint_verilator(out)
+    assert result.clean, result.output
+    for p in out.glob("*.v*"):
+        assert "lint_off" not in p.read_text(), p.name
+
+
+def test_house_style(rendered):
+    _, out, _ = rendered
+    for p in sorted(out.glob("*.v")):
+        text = p.read_text()
+        code = re.sub(r"//.*", "", text)
+        directives = re.findall(r"`default_nettype\s+(\w+)", code)
+        assert directives == ["none", "wire"], (p.name, directives)
+        assert code.rstrip().endswith("`default_nettype wire"), p.name
+        assert re.findall(r"^\s*module\s+(\w+)", code, re.M) == [p.stem], p.name  # one module per file
+        for word in ("logic", "always_ff", "always_comb", "always_latch", "typedef", "interface"):
+            assert not re.search(rf"\b{word}\b", code), (p.name, word)
+        initials = re.findall(r"\binitial\b(.*)", code)
+        assert all("$readmemh" in i for i in initials) and (not initials or p.stem == "ccflow_rom"), p.name
+        for name in re.findall(r"^\s*(?:input|output)\s+(?:wire|reg)\s*(?:signed\s*)?(?:\[[^\]]*\]\s*)?(\w+)",
+                               code, re.M):
+            assert name.endswith(("_i", "_o", "_ni")), (p.name, name)
+        assert "negedge" not in code and "posedge rst" not in code, p.name  # synchronous reset only
+
+
+def test_top_has_the_agreed_interface(rendered):
+    _, out, _ = rendered
+    code = re.sub(r"//.*", "", (out / "ccflow_top.v").read_text())
+    header = code[code.index("module ccflow_top"): code.index(");")]
+    assert re.search(r'parameter\s+MEM_DIR\s*=\s*"\."', header)
+    ports = re.findall(r"(input|output)\s+wire\s*(\[[^\]]*\])?\s*(\w+)", header)
+    assert [(d, n) for d, _, n in ports] == [
+        ("input", "clk_i"), ("input", "rst_ni"), ("input", "tok_valid_i"), ("output", "tok_ready_o"),
+        ("input", "tok_i"), ("output", "out_valid_o"), ("input", "out_ready_i"), ("output", "logits_o"),
+        ("output", "trace_valid_o"), ("output", "trace_block_o"), ("output", "trace_acc_o"), ("output", "sat_count_o")]
+    widths = {n: w.replace(" ", "") for _, w, n in ports}
+    assert widths["tok_i"] == "[`CCFLOW_TOK_BITS-1:0]"
+    assert widths["logits_o"] == "[`CCFLOW_VOCAB*`CCFLOW_ACT_BITS-1:0]"
+    assert widths["trace_block_o"] == "[`CCFLOW_BLOCK_BITS-1:0]"
+    assert widths["trace_acc_o"] == "[`CCFLOW_ROWS*`CCFLOW_ACC_BITS-1:0]"
+    assert widths["sat_count_o"] == "[31:0]"
+
+
+def test_header_matches_the_design(rendered):
+    design, out, _ = rendered
+    defines = dict(re.findall(r"`define\s+CCFLOW_(\w+)\s+(\d+)", (out / "ccflow_config.vh").read_text()))
+    fmt, arr = design.array.formats, design.array
+    want = {"ROWS": arr.rows, "COLS": arr.cols, "ALPHA": arr.alpha, "SEL_BITS": arr.sel_bits,
+            "WEIGHT_BITS": fmt.weight_bits, "ACT_BITS": fmt.act_bits, "ACT_FRAC": fmt.act_frac,
+            "ACC_BITS": fmt.acc_bits, "CELL_BITS": fmt.cell_bits, "LUT_BITS": fmt.lut_bits,
+            "LUT_SIZE": fmt.lut_size, "VOCAB": design.vocab_size, "EMSIZE": design.emsize,
+            "ACT_SIZE": design.act_size, "CELL_SIZE": design.cell_size, "TILES": design.n_tiles,
+            "BLOCKS": design.n_blocks, "LAYERS": len(design.lstm_layers), "MATRICES": len(design.matrices),
+            "TOK_BITS": max(1, math.ceil(math.log2(design.vocab_size))),
+            "BLOCK_BITS": max(1, math.ceil(math.log2(design.n_blocks)))}
+    assert {k: int(defines[k]) for k in want} == want
+
+
+def test_mem_files_round_trip(rendered):
+    design, out, _ = rendered
+    for name, (fields, words) in mem_layout(design).items():
+        lines = (out / name).read_text().splitlines()
+        width = sum(v.shape[1] * bits for v, bits, _ in fields)
+        assert len(lines) == words, name
+        assert all(len(line) == math.ceil(width / 4) for line in lines), name
+        back = read_mem(out / name, [(v.shape[1], bits, signed) for v, bits, signed in fields])
+        for (values, _, _), got in zip(fields, back):
+            np.testing.assert_array_equal(got, values, err_msg=name)
+    # the layouts of docs/hardware.md, spelled out for one tile
+    t, r, c = design.n_tiles - 1, design.array.rows - 1, design.array.cols - 1
+    word = int((out / "weights.mem").read_text().split()[t], 16)
+    wb = design.array.formats.weight_bits
+    v = (word >> ((r * design.array.cols + c) * wb)) & ((1 << wb) - 1)
+    assert v - ((v >> (wb - 1)) << wb) == design.tile_weight[t, r, c]
+    meta = int((out / "tiles.mem").read_text().split()[t], 16)
+    bb = rtl_context(design)["block_bits"]
+    assert meta & ((1 << bb) - 1) == design.tile_block[t]
+    assert (meta >> bb) & 1 == design.tile_first[t] and (meta >> (bb + 1)) & 1 == design.tile_last[t]
+
+
+def test_an_undefined_template_variable_is_a_one_line_error(tmp_path):
+    design = quantize(FloatModel.random(seed=1), ArrayConfig(4, 2, 2))
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATE_DIR, templates)
+    (templates / "oops.v.j2").write_text("module oops;\n  localparam X = {{ no_such_variable }};\nendmodule\n")
+    with pytest.raises(RenderError) as e:
+        render_rtl(design, tmp_path / "out", template_dir=templates)
+    assert "\n" not in str(e.value)
+    assert "oops.v.j2" in str(e.value) and "no_such_variable" in str(e.value)
+    (templates / "oops.v.j2").write_text("// {{ dec.no_such_field }}\n")
+    with pytest.raises(RenderError, match=r"oops\.v\.j2.*no_such_field") as e:
+        render_rtl(design, tmp_path / "out", template_dir=templates)
+    assert "\n" not in str(e.value)
+
+
+def test_a_value_that_does_not_fit_its_field_is_refused():
+    with pytest.raises(RenderError, match="weights.mem"):
+        pack_words("weights.mem", [(np.array([[127, -128, 200]]), 8, True)])
+    assert pack_words("x.mem", [(np.array([[1, -1], [-128, 127]]), 8, True)]) == "ff01\n7f80\n"
+    assert pack_words("t.mem", [(np.array([[5]]), 3, False), (np.array([[1]]), 1, False),
+                                (np.array([[0]]), 1, False)]) == "0d\n"
+
+
+def test_the_checks_can_fail(tmp_path):
+    """pyverilog and the linter do reject what they should (so a clean result means something)."""
+    design = quantize(FloatModel.random(seed=2), ArrayConfig(4, 2, 2))
+    render_rtl(design, tmp_path)
+    cell = tmp_path / "mx_cell.v"
+    good = cell.read_text()
+    cell.write_text(good.replace("assign psum_o = psum;", "assign psum_o = psum"))  # missing semicolon
+    with pytest.raises(SimulationError, match="mx_cell.v"):
+        parse_pyverilog(tmp_path)
+    cell.write_text(good.replace("assign psum_o = psum;", "assign psum_o = psum[7:0];"))
+    result = lint_verilator(tmp_path)
+    assert not result.clean and any("WIDTH" in w for w in result.warnings)
+
+
+def test_yosys_gives_a_resource_estimate(tmp_path):
+    design = quantize(FloatModel.random(seed=3), ArrayConfig(4, 2, 2))
+    render_rtl(design, tmp_path)
+    stat = yosys_stat(tmp_path)
+    units = design.array.rows // 4
+    assert stat["macc"] >= design.array.cells + 3 * units  # the MX cells and the pointwise products
+    assert stat["memories"] == 4 + 2 + 1 + 5 * units  # tile ROMs, bias + shift, embedding, LUTs
+    assert stat["ff_bits"] > design.act_size * design.array.formats.act_bits
+    assert stat["rom_bits"]["weights.mem"] == design.n_tiles * design.array.cells * design.array.formats.weight_bits
