@@ -3,10 +3,12 @@
 For each case: a random sparse float matrix, column-combined with ccflow.combine.combine_columns
 (alpha, gamma, row blocks of the array height), combine-pruned by the packing's mask and quantized
 to weight_bits. The bench lays the groups out as tiles itself (independently of the quantizer):
-array column c of a tile carries one group, each cell the row's one weight of the group and its
-select; unused cells get weight 0 and a random select, unused inputs random values. The tiles are
-driven one per cycle; every tile's row sums must equal the numpy product, and the row sums
-accumulated over a block's tiles must equal the integer matrix-vector product W @ x.
+the groups of all blocks, in order, are dealt into tiles of COLS array columns, and a tile that
+holds the end of one block and the start of the next is split there. Array column c carries one
+group, each cell the row's one weight of the group and its select; unused cells get weight 0 and a
+random select, unused inputs random values. The tiles are driven one per cycle; every tile's two
+row sums (columns before / after the split) must equal the numpy products, and the row sums
+accumulated per block must equal the integer matrix-vector product W @ x.
 """
 
 from __future__ import annotations
@@ -22,27 +24,33 @@ from ccflow.generate import psum_bits
 
 
 def build_tiles(wq: np.ndarray, packing, arr, x: np.ndarray, rng):
-    """[(block, weight [R,C], sel [R,C], inputs [C, alpha])] in block order."""
+    """[(block, split, weight [R,C], sel [R,C], inputs [C, alpha])] in block order."""
     fmt = arr.formats
+    # (block, group) in execution order; an empty block still gets an (empty) column
+    columns = [(b, g) for b, (_, _, groups) in enumerate(packing.blocks) for g in (list(groups) or [()])]
     tiles = []
-    for block, (start, stop, groups) in enumerate(packing.blocks):
-        groups = list(groups)
-        chunks = [groups[i:i + arr.cols] for i in range(0, len(groups), arr.cols)] or [[]]
-        for chunk in chunks:
-            weight = np.zeros((arr.rows, arr.cols), dtype=np.int64)
-            sel = rng.integers(0, arr.alpha, (arr.rows, arr.cols))
-            inputs = random_signed(rng, fmt.act_bits, arr.cols * arr.alpha).reshape(arr.cols, arr.alpha)
-            for c, group in enumerate(chunk):
-                cols = np.asarray(group)
-                inputs[c, : len(cols)] = x[cols]
-                sub = wq[start:stop, cols]
-                for r in range(stop - start):
-                    nz = np.flatnonzero(sub[r])
-                    assert len(nz) <= 1, "the packing left two weights of one group in a row"
-                    if len(nz):
-                        weight[r, c] = sub[r, nz[0]]
-                        sel[r, c] = nz[0]
-            tiles.append((block, weight, sel, inputs))
+    i = 0
+    while i < len(columns):
+        chunk = columns[i:i + arr.cols]
+        first_block = chunk[0][0]
+        chunk = [c for c in chunk if c[0] <= first_block + 1]  # at most two blocks per tile
+        i += len(chunk)
+        split = next((k for k, (b, _) in enumerate(chunk) if b != first_block), arr.cols)
+        weight = np.zeros((arr.rows, arr.cols), dtype=np.int64)
+        sel = rng.integers(0, arr.alpha, (arr.rows, arr.cols))
+        inputs = random_signed(rng, fmt.act_bits, arr.cols * arr.alpha).reshape(arr.cols, arr.alpha)
+        for c, (block, group) in enumerate(chunk):
+            start, stop, _ = packing.blocks[block]
+            cols = np.asarray(group, dtype=np.int64)
+            inputs[c, : len(cols)] = x[cols]
+            sub = wq[start:stop, cols]
+            for r in range(stop - start):
+                nz = np.flatnonzero(sub[r])
+                assert len(nz) <= 1, "the packing left two weights of one group in a row"
+                if len(nz):
+                    weight[r, c] = sub[r, nz[0]]
+                    sel[r, c] = nz[0]
+        tiles.append((first_block, split, weight, sel, inputs))
     return tiles
 
 
@@ -64,15 +72,17 @@ async def packed_array_computes_the_matrix(dut):
     dut.weight_i.value = 0
     dut.sel_i.value = 0
     dut.in_i.value = 0
+    dut.split_i.value = cols
     await FallingEdge(dut.clk_i)
     await FallingEdge(dut.clk_i)
     dut.rst_ni.value = 1
 
     def drive(tile):
-        _, weight, sel, inputs = tile
+        _, split, weight, sel, inputs = tile
         dut.weight_i.value = pack(weight.reshape(-1), wb)
         dut.sel_i.value = pack(sel.reshape(-1), sb)
         dut.in_i.value = pack(inputs.reshape(-1), ab)
+        dut.split_i.value = split
 
     try:
         for case in args["cases"]:
@@ -92,17 +102,22 @@ async def packed_array_computes_the_matrix(dut):
                 drive(tiles[0])
                 for t, tile in enumerate(tiles):
                     await FallingEdge(dut.clk_i)
-                    got = unpack(dut.rowsum_o.value.to_unsigned(), rows, pb)
+                    got_a = unpack(dut.rowsum_a_o.value.to_unsigned(), rows, pb)
+                    got_b = unpack(dut.rowsum_b_o.value.to_unsigned(), rows, pb)
                     if t + 1 < len(tiles):
                         drive(tiles[t + 1])
-                    block, weight, sel, inputs = tile
-                    exp = (weight * inputs[np.arange(cols)[None, :], sel]).sum(axis=1)
-                    bad = np.flatnonzero(got != exp)
-                    if bad.size:
-                        r = int(bad[0])
-                        fail(f"case {case}: tile {t} (block {block}) row {r}: expected row sum {int(exp[r])}, "
-                             f"got {int(got[r])}")
-                    acc[block * rows:(block + 1) * rows] += got.astype(object)
+                    block, split, weight, sel, inputs = tile
+                    prod = weight * inputs[np.arange(cols)[None, :], sel]
+                    for part, got, exp in (("A", got_a, prod[:, :split].sum(axis=1)),
+                                           ("B", got_b, prod[:, split:].sum(axis=1))):
+                        bad = np.flatnonzero(got != exp)
+                        if bad.size:
+                            r = int(bad[0])
+                            fail(f"case {case}: tile {t} (block {block}, split {split}) row {r}: expected "
+                                 f"row sum {part} {int(exp[r])}, got {int(got[r])}")
+                    acc[block * rows:(block + 1) * rows] += got_a.astype(object)
+                    if split < cols:
+                        acc[(block + 1) * rows:(block + 2) * rows] += got_b.astype(object)
                     results["tiles"] += 1
                 want = wq.astype(object) @ x.astype(object)
                 bad = [i for i in range(m_rows) if acc[i] != want[i]]

@@ -38,10 +38,10 @@ def unpack(design: Design, name: str) -> np.ndarray:
     rows = design.array.rows
     out = np.zeros((m.n_blocks * rows, m.in_size), dtype=np.int64)
     for t in range(m.tile_start, m.tile_start + m.n_tiles):
-        b = design.tile_block[t] - m.block_start
         for r in range(rows):
             for c in range(design.array.cols):
                 w = design.tile_weight[t, r, c]
+                b = design.tile_block[t] - m.block_start + (c >= design.tile_split[t])
                 if w:
                     col = design.tile_addr[t, c, design.tile_sel[t, r, c]] - m.in_base
                     assert out[b * rows + r, col] == 0, "a weight is placed twice"
@@ -67,6 +67,43 @@ def test_tiles_hold_exactly_the_combined_weights(rows, cols, alpha, gamma):
         m = design.matrices[k]
         assert m.packed_cells <= packings[k].packed_cells
         assert m.n_tiles <= sum(max(1, -(-len(grp) // cols)) for _, _, grp in packings[k].blocks)
+
+
+@pytest.mark.parametrize("rows,cols,sparsity", [(4, 3, 0.3), (8, 4, 0.6), (8, 8, 0.9), (16, 8, 0.75)])
+def test_tiles_deal_blocks_without_waste(rows, cols, sparsity):
+    rng = np.random.default_rng(cols)
+    model = random_model(rng, hidden=(16, 24), sparsity=sparsity)
+    design = quantize(model, ArrayConfig(rows=rows, cols=cols, alpha=4))
+    for m in design.matrices:
+        t = slice(m.tile_start, m.tile_start + m.n_tiles)
+        block, first, last, split = (design.tile_block[t], design.tile_first[t], design.tile_last[t],
+                                     design.tile_split[t])
+        local = block - m.block_start
+        # every block starts once and ends once, in order; a tile with a block B ends its block A
+        starts = np.concatenate([local[first], local[split < cols] + 1])
+        assert sorted(starts) == list(range(m.n_blocks))
+        assert local[last].tolist() == list(range(m.n_blocks))
+        assert np.all(last[split < cols])
+        # B goes on in the next tile: never a second block end in one tile
+        nxt = np.flatnonzero(split < cols) + 1
+        assert np.all(nxt < m.n_tiles) and np.all(~first[nxt]) and np.all(local[nxt] == local[nxt - 1] + 1)
+        # no waste beyond one partial tile per block that could not share
+        columns = np.count_nonzero(np.any(design.tile_weight[t] != 0, axis=1))
+        assert m.n_tiles <= columns // cols + m.n_blocks
+
+
+def test_shared_tiles_beat_whole_tiles_per_block():
+    rng = np.random.default_rng(0)
+    model = random_model(rng, vocab=96, emsize=32, hidden=(64, 64), sparsity=0.75, scale=0.3)
+    array = ArrayConfig(rows=16, cols=8, alpha=8)
+    packings = {k: combine_columns(lstm_matrix(l.w_ih, l.w_hh), 8, 0.5, row_block=16)
+                for k, l in enumerate(model.layers)}
+    design = quantize(model, array, packings)
+    whole = sum(-(-len(g) // 8) for p in packings.values() for _, _, g in p.blocks)
+    lstm_tiles = sum(m.n_tiles for m in design.lstm_layers)
+    assert lstm_tiles < 0.95 * whole
+    lstm_cells = sum(m.packed_cells for m in design.lstm_layers)
+    assert lstm_tiles <= lstm_cells / array.cells + len(design.lstm_layers)
 
 
 def test_golden_tracks_the_float_model():

@@ -133,6 +133,7 @@ def test_mem_files_round_trip(rendered):
     bb = rtl_context(design)["block_bits"]
     assert meta & ((1 << bb) - 1) == design.tile_block[t]
     assert (meta >> bb) & 1 == design.tile_first[t] and (meta >> (bb + 1)) & 1 == design.tile_last[t]
+    assert meta >> (bb + 2) == design.tile_split[t]
 
 
 def test_an_undefined_template_variable_is_a_one_line_error(tmp_path):
@@ -178,6 +179,6 @@ def test_yosys_gives_a_resource_estimate(tmp_path):
     stat = yosys_stat(tmp_path)
     units = design.array.rows // 4
     assert stat["macc"] >= design.array.cells + 3 * units  # the MX cells and the pointwise products
-    assert stat["memories"] == 4 + 2 + 1 + 5 * units  # tile ROMs, bias + shift, embedding, LUTs
+    assert stat["memories"] == 4 + 3 + 1 + 5 * units  # tile ROMs, bias (A and B) + shift, embedding, LUTs
     assert stat["ff_bits"] > design.act_size * design.array.formats.act_bits
     assert stat["rom_bits"]["weights.mem"] == design.n_tiles * design.array.cells * design.array.formats.weight_bits

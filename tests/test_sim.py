@@ -256,5 +256,5 @@ def test_a_corrupted_weight_rom_fails_the_top_bench(sim, corrupt_rtl, text, sim_
         finally:
             (rtl / "weights.mem").write_text(original)
         assert not bad.passed, f"flipping the {what} at tile {t} cell ({r}, {c}) went unnoticed"
-        block = int(design.tile_block[t])
+        block = int(design.tile_block[t]) + int(c >= design.tile_split[t])
         assert f"block {block} " in bad.message and "expected" in bad.message, bad.message

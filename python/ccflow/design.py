@@ -10,10 +10,17 @@ Layout (docs/hardware.md has the cycle-level story):
 * **Activation memory** ``act``: ``[emb (E) | h_0 (H_0) | ... | h_{L-1}]``, so
   LSTM layer l's input ``[x; h_l]`` is the contiguous slice starting at
   ``MatrixInfo.in_base``, and the decoder reads ``h_{L-1}``.
-* **Tiles**: every matrix is cut into row blocks of ``rows`` rows; each block
-  into tiles of ``cols`` column groups. Tile t holds a weight and a select per
+* **Tiles**: every matrix is cut into row blocks of ``rows`` rows, each block
+  into its column groups; the groups of a matrix's blocks, in order, are dealt
+  into tiles of ``cols`` array columns. Tile t holds a weight and a select per
   cell, and for each array column the act addresses of its group's (up to
-  ``alpha``) inputs. Tiles are stored in execution order: matrix, block, tile.
+  ``alpha``) inputs. Why tiles may hold two blocks: a block's group count is
+  rarely a multiple of ``cols``, and giving each block whole tiles wasted 10-30%
+  of the array. So a block may end mid-tile and the next block start in the
+  same tile: columns ``[0, split)`` belong to block ``tile_block`` (call it A),
+  columns ``[split, cols)`` to block A + 1 (B). B never ends in the tile it
+  starts in, so at most one block finishes per cycle. Tiles never span two
+  matrices. Tiles are stored in execution order.
 * **Row blocks** carry, per row, the bias (accumulator scale) and the right
   shift that turns the accumulator into a gate input or a logit.
 * LSTM rows are interleaved unit-major (row 4j+k = gate k in i,f,g,o order of
@@ -61,9 +68,10 @@ class Design:
     tile_weight: np.ndarray  # int   [T, rows, cols]
     tile_sel: np.ndarray  # int   [T, rows, cols]
     tile_addr: np.ndarray  # int   [T, cols, alpha]  act addresses per array column
-    tile_block: np.ndarray  # int   [T]  global row block of each tile
-    tile_first: np.ndarray  # bool  [T]  first tile of its block (accumulator starts at bias)
-    tile_last: np.ndarray  # bool  [T]  last tile of its block (block result is ready)
+    tile_block: np.ndarray  # int   [T]  global row block A of columns [0, split)
+    tile_first: np.ndarray  # bool  [T]  block A starts here (its accumulator starts at bias)
+    tile_last: np.ndarray  # bool  [T]  block A ends here (its result is ready)
+    tile_split: np.ndarray  # int  [T]  1..cols; < cols: block A + 1 starts at column split
     block_bias: np.ndarray  # int   [NB, rows]
     block_shift: np.ndarray  # int  [NB, rows]
     embedding: np.ndarray  # int   [V, E] in activation format
@@ -71,7 +79,7 @@ class Design:
     lut_tanh: np.ndarray  # int    [lut_size]
     quant_saturations: int = 0  # values clipped while quantizing (weights, biases, embedding)
 
-    _ARRAYS = ("tile_weight", "tile_sel", "tile_addr", "tile_block", "tile_first", "tile_last",
+    _ARRAYS = ("tile_weight", "tile_sel", "tile_addr", "tile_block", "tile_first", "tile_last", "tile_split",
                "block_bias", "block_shift", "embedding", "lut_sigmoid", "lut_tanh")
 
     @property

@@ -21,6 +21,7 @@ statements. Widths that are not fixed by docs/hardware.md are chosen here:
 ``addr_bits``       clog2(act_size): one activation address in ``addrs.mem``
 ``shift_bits``      bits of max(max_shift, largest row shift): ``shift.mem``
 ``block_bits``      clog2(n_blocks): the block field of ``tiles.mem``
+``split_bits``      bits of cols: the split field of ``tiles.mem`` (1..cols)
 ``psum_bits``       weight + act + clog2(cols) + 1: an exact in-tile row sum
 ==================  =========================================================
 """
@@ -99,12 +100,13 @@ def rtl_context(design: Design) -> dict:
         unit_bits=unit_bits,
         cidx_bits=max(unit_bits, cell_addr_bits) + 1,  # cell-state index of a lane (padding lanes included)
         haddr_bits=max(unit_bits, addr_bits) + 1,  # activation address of a lane's h
-        acc_event_bits=(2 * rows).bit_length(), pw_event_bits=(2 * units).bit_length(),
+        split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
+        acc_event_bits=(3 * rows).bit_length(), pw_event_bits=(2 * units).bit_length(),
         dec_rows=min(rows, design.vocab_size),
         matrices=matrices, lstm=[m for m in matrices if m["kind"] == "lstm"], dec=dec, dec_blocks=dec_blocks,
         packed_cells=design.packed_cells, ideal_cycles=design.ideal_cycles,
     )
-    ctx["tile_meta_bits"] = block_bits + 2
+    ctx["tile_meta_bits"] = block_bits + 2 + ctx["split_bits"]
     return ctx
 
 
@@ -201,7 +203,8 @@ def mem_layout(design: Design) -> dict[str, tuple[list[tuple[np.ndarray, int, bo
         "addrs.mem": ([(design.tile_addr.reshape(t, -1), ctx["addr_bits"], False)], t),
         "tiles.mem": ([(design.tile_block[:, None], ctx["block_bits"], False),
                        (design.tile_first[:, None].astype(np.int64), 1, False),
-                       (design.tile_last[:, None].astype(np.int64), 1, False)], t),
+                       (design.tile_last[:, None].astype(np.int64), 1, False),
+                       (design.tile_split[:, None], ctx["split_bits"], False)], t),
         "bias.mem": ([(design.block_bias, fmt.acc_bits, True)], design.n_blocks),
         "shift.mem": ([(design.block_shift, ctx["shift_bits"], False)], design.n_blocks),
         "embedding.mem": ([(design.embedding, fmt.act_bits, True)], design.vocab_size),

@@ -11,8 +11,9 @@ One step (one token), for each stream:
 
 1. ``act[0:E] = embedding[token]``
 2. for each LSTM layer: every row block's accumulator starts at its bias and
-   adds, tile by tile, ``sum_c weight[r, c] * act[addr[c, sel[r, c]]]`` with
-   saturation; the block result becomes ``z = sat(round_shift(acc, shift))``;
+   adds, tile by tile, its columns' ``sum_c weight[r, c] * act[addr[c, sel[r, c]]]``
+   with saturation (a tile's columns before ``split`` belong to one block, the
+   rest to the next); the block result becomes ``z = sat(round_shift(acc, shift))``;
    the pointwise unit turns z (i, f, g, o of each unit) into c and h; the new h
    is committed to ``act`` once the whole layer is done (the layer itself still
    reads the old h).
@@ -41,6 +42,8 @@ class GoldenModel:
         t = np.arange(design.n_tiles)[:, None, None]
         c = np.arange(design.array.cols)[None, None, :]
         self._cell_addr = design.tile_addr[t, c, design.tile_sel]  # [T, rows, cols]
+        self._in_a = np.arange(design.array.cols)[None, :] < design.tile_split[:, None]  # [T, cols]
+        self._segments = {m.name: _segments(design, m) for m in design.matrices}
         self.reset()
 
     def reset(self) -> None:
@@ -77,30 +80,34 @@ class GoldenModel:
         d = self.design
         tiles = slice(m.tile_start, m.tile_start + m.n_tiles)
         vals = self.act[:, self._cell_addr[tiles]]  # [B, nt, rows, cols]
-        tile_sum = np.einsum("btrc,trc->btr", vals, d.tile_weight[tiles])
-        local = d.tile_block[tiles] - m.block_start  # block of each tile within the matrix
+        prod = vals * d.tile_weight[tiles]
+        sum_a = np.einsum("btrc,tc->btr", prod, self._in_a[tiles])
+        sum_b = prod.sum(axis=3) - sum_a
+        # The contributions in the order the accumulator sees them: A of tile 0, (B of tile 0), A of tile 1, ...
+        tile, part_b, block, first, last = self._segments[m.name]
+        contrib = np.where(part_b[None, :, None], sum_b[:, tile], sum_a[:, tile])  # [B, ns, rows]
         bias = d.block_bias[m.block_start: m.block_start + m.n_blocks]  # [nb, rows]
         # Fast path: if no running sum leaves the accumulator range, saturation never fires.
-        running = np.cumsum(tile_sum, axis=1)
-        starts = np.flatnonzero(d.tile_first[tiles])  # starts[0] == 0
+        running = np.cumsum(contrib, axis=1)
+        starts = np.flatnonzero(first)  # starts[0] == 0
         before = np.zeros_like(running[:, : len(starts)])
         before[:, 1:] = running[:, starts[1:] - 1]
-        partial = bias[local][None] + running - before[:, local]
+        partial = bias[block][None] + running - before[:, block]
         if partial.min() >= self._acc_lo and partial.max() <= self._acc_hi:
-            acc = partial[:, d.tile_last[tiles]]
+            acc = partial[:, last]
         else:
-            acc = self._accumulate_saturating(tile_sum, local, bias, d.tile_first[tiles])
+            acc = self._accumulate_saturating(contrib, block, bias, first)
         if self.trace_enabled:
             self.trace.extend(acc.transpose(1, 0, 2))
         return acc.reshape(self.batch, -1)
 
-    def _accumulate_saturating(self, tile_sum, local, bias, first) -> np.ndarray:
+    def _accumulate_saturating(self, contrib, block, bias, first) -> np.ndarray:
         fmt = self.design.array.formats
         acc = np.zeros((self.batch,) + bias.shape, dtype=np.int64)
-        for t in range(tile_sum.shape[1]):
-            b = local[t]
-            start = bias[b][None] if first[t] else acc[:, b]
-            acc[:, b] = self.sat.saturate(start + tile_sum[:, t], fmt.acc_bits, "accumulator")
+        for k in range(contrib.shape[1]):
+            b = block[k]
+            start = bias[b][None] if first[k] else acc[:, b]
+            acc[:, b] = self.sat.saturate(start + contrib[:, k], fmt.acc_bits, "accumulator")
         return acc
 
     def _requantize(self, m: MatrixInfo, acc: np.ndarray) -> np.ndarray:
@@ -127,6 +134,22 @@ class GoldenModel:
         c = self.sat.saturate(round_shift(f * self.cell[:, cells] + i * g, fmt.act_frac), fmt.cell_bits, "cell")
         self.cell[:, cells] = c
         return self.sat.saturate(round_shift(o * self._lut(tanh, c), fmt.act_frac), fmt.act_bits, "hidden")
+
+
+def _segments(design: Design, m: MatrixInfo):
+    """Each tile's one or two contributions, in accumulator order: (tile, is B, block, first, last).
+
+    Blocks are numbered within the matrix. Block B of a tile starts there and ends in a later tile.
+    """
+    rows = []
+    for t in range(m.n_tiles):
+        g = m.tile_start + t
+        a = int(design.tile_block[g]) - m.block_start
+        rows.append((t, False, a, bool(design.tile_first[g]), bool(design.tile_last[g])))
+        if design.tile_split[g] < design.array.cols:
+            rows.append((t, True, a + 1, True, False))
+    tile, part_b, block, first, last = (np.array(c) for c in zip(*rows))
+    return tile, part_b, block, first, last
 
 
 def batchify(data: np.ndarray, streams: int) -> np.ndarray:

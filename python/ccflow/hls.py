@@ -150,13 +150,6 @@ def hls_context(design: Design) -> dict:
     """Everything the templates read: the design, its array and formats, derived sizes, ROM text."""
     arr, fmt = design.array, design.array.formats
     nt, nb = design.n_tiles, design.n_blocks
-    block_n_tiles = np.bincount(design.tile_block, minlength=nb).astype(np.int64)
-    block_tile_start = np.zeros(nb, dtype=np.int64)
-    for b in range(nb):
-        hits = np.flatnonzero(design.tile_block == b)
-        if len(hits) == 0 or not np.array_equal(hits, np.arange(hits[0], hits[0] + len(hits))):
-            raise HlsError(f"row block {b}: its tiles are not one contiguous run; the design is malformed")
-        block_tile_start[b] = hits[0]
     lstm = design.lstm_layers
     mats = design.matrices
     max_shift = int(design.block_shift.max(initial=0))
@@ -177,6 +170,7 @@ def hls_context(design: Design) -> dict:
         "acc": _ctype(fmt.acc_bits, True),
         "cell": _ctype(fmt.cell_bits, True),
         "tile": _ctype(nt, False),
+        "split": _ctype(arr.cols, False),
         "block": _ctype(nb, False),
     }
     rom = {
@@ -186,8 +180,9 @@ def hls_context(design: Design) -> dict:
         "tile_block": _init(design.tile_block),
         "tile_first": _init(design.tile_first.astype(bool)),
         "tile_last": _init(design.tile_last.astype(bool)),
-        "block_tile_start": _init(block_tile_start),
-        "block_n_tiles": _init(block_n_tiles),
+        "tile_split": _init(design.tile_split),
+        "mat_tile_start": _flat(m.tile_start for m in mats),
+        "mat_n_tiles": _flat(m.n_tiles for m in mats),
         "block_bias": _init(design.block_bias, "block"),
         "block_shift": _init(design.block_shift, "block"),
         "mat_block_start": _flat(m.block_start for m in mats),
@@ -208,8 +203,8 @@ def hls_context(design: Design) -> dict:
         "rom": rom,
         "n_lstm": len(lstm),
         "max_hidden": max(m.hidden for m in lstm),
-        "max_tiles_per_block": int(block_n_tiles.max()),
-        "avg_tiles_per_block": max(1, round(nt / nb)),
+        "max_tiles_per_matrix": max(m.n_tiles for m in mats),
+        "avg_tiles_per_matrix": max(1, round(nt / len(mats))),
         "max_blocks_per_matrix": max(m.n_blocks for m in mats),
     }
 

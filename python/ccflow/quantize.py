@@ -154,7 +154,7 @@ class _TileBuilder:
 
     def __init__(self, array: ArrayConfig) -> None:
         self.array = array
-        self.tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, bool, bool]] = []
+        self.tiles: list[_Tile] = []
         self.bias: list[np.ndarray] = []
         self.shift: list[np.ndarray] = []
 
@@ -168,6 +168,7 @@ class _TileBuilder:
         matrix = np.where(packing.mask, matrix, 0.0)
         tile_start, block_start = len(self.tiles), len(self.bias)
         packed_cells = nnz = 0
+        blocks = []  # per row block: its array columns
         for r0 in range(0, R, arr.rows):
             r1 = min(R, r0 + arr.rows)
             rows = slice(r0, r1)
@@ -188,37 +189,80 @@ class _TileBuilder:
             groups = [g for g in _block_groups(packing, r0) if np.any(wq[:, list(g)])]
             packed_cells += (r1 - r0) * len(groups)
             nnz += int(np.count_nonzero(wq))
-            n_tiles = max(1, math.ceil(len(groups) / arr.cols))
-            for k in range(n_tiles):
-                chunk = groups[k * arr.cols:(k + 1) * arr.cols]
-                self.tiles.append(self._tile(wq, chunk, in_base, len(self.bias) - 1, k == 0, k == n_tiles - 1))
+            # A block without groups still needs one (empty) column: its bias makes its result.
+            blocks.append([self._column(wq, g, in_base) for g in groups] or [self._column(wq, (), in_base)])
+        for tile in _deal(blocks, arr.cols, block_start):
+            self.tiles.append(tile.padded(self._column(None, (), in_base), arr.cols))
         return MatrixInfo(
             name=name, kind=kind, rows=R, in_base=in_base, in_size=C, hidden=hidden, out_base=out_base,
             cell_base=cell_base, tile_start=tile_start, n_tiles=len(self.tiles) - tile_start,
             block_start=block_start, n_blocks=len(self.bias) - block_start, dense_cells=R * C,
             packed_cells=packed_cells, nnz=nnz)
 
-    def _tile(self, wq, groups, in_base, block, first, last):
+    def _column(self, wq, group, in_base):
+        """One array column: per row the weight and select of the group's one nonzero, and its inputs."""
         arr = self.array
-        weight = np.zeros((arr.rows, arr.cols), dtype=np.int64)
-        select = np.zeros((arr.rows, arr.cols), dtype=np.int64)
-        addr = np.full((arr.cols, arr.alpha), in_base, dtype=np.int64)
-        n = wq.shape[0]
-        for c, group in enumerate(groups):
+        weight = np.zeros(arr.rows, dtype=np.int64)
+        select = np.zeros(arr.rows, dtype=np.int64)
+        addr = np.full(arr.alpha, in_base, dtype=np.int64)
+        if group:
             cols = np.asarray(group)
-            addr[c, : len(cols)] = in_base + cols
+            addr[: len(cols)] = in_base + cols
             sub = wq[:, cols]
-            nz = sub != 0
-            s = np.argmax(nz, axis=1)  # the one nonzero of each row (0 when none)
-            weight[:n, c] = sub[np.arange(n), s]
-            select[:n, c] = s
-        return weight, select, addr, block, first, last
+            s = np.argmax(sub != 0, axis=1)  # the one nonzero of each row (0 when none)
+            n = wq.shape[0]
+            weight[:n] = sub[np.arange(n), s]
+            select[:n] = s
+        return weight, select, addr
 
     def arrays(self) -> dict[str, np.ndarray]:
-        w, s, a, b, f, l = zip(*self.tiles)
-        return dict(tile_weight=np.stack(w), tile_sel=np.stack(s), tile_addr=np.stack(a),
-                    tile_block=np.array(b, dtype=np.int64), tile_first=np.array(f), tile_last=np.array(l),
+        t = self.tiles
+        return dict(tile_weight=np.stack([np.stack([c[0] for c in x.columns], 1) for x in t]),
+                    tile_sel=np.stack([np.stack([c[1] for c in x.columns], 1) for x in t]),
+                    tile_addr=np.stack([np.stack([c[2] for c in x.columns]) for x in t]),
+                    tile_block=np.array([x.block for x in t], dtype=np.int64),
+                    tile_first=np.array([x.first for x in t]), tile_last=np.array([x.last for x in t]),
+                    tile_split=np.array([x.split for x in t], dtype=np.int64),
                     block_bias=np.stack(self.bias), block_shift=np.stack(self.shift))
+
+
+@dataclass
+class _Tile:
+    block: int  # block A
+    first: bool
+    last: bool = False
+    split: int = 0  # 0 while open: set to the column count when the tile is closed without a block B
+    columns: list = None
+
+    def padded(self, empty, cols: int) -> "_Tile":
+        if not self.split:
+            self.split = cols
+        self.columns += [empty] * (cols - len(self.columns))
+        return self
+
+
+def _deal(blocks: list[list], cols: int, block_start: int) -> list[_Tile]:
+    """Deal the blocks' columns into tiles; a block may start mid-tile unless it would also end there."""
+    tiles: list[_Tile] = []
+    open_tile = None  # a tile whose block A ended before its last column
+    for b, columns in enumerate(blocks, start=block_start):
+        i = 0
+        if open_tile is not None:
+            free = cols - len(open_tile.columns)
+            if len(columns) > free:  # b starts here as block B and goes on in the next tile
+                open_tile.split = len(open_tile.columns)
+                open_tile.columns += columns[:free]
+                i = free
+            open_tile = None
+        while i < len(columns):
+            take = columns[i:i + cols]
+            tile = _Tile(block=b, first=i == 0, columns=list(take))
+            i += len(take)
+            tile.last = i == len(columns)
+            tiles.append(tile)
+            if tile.last and len(take) < cols:
+                open_tile = tile
+    return tiles
 
 
 def _check_packing(name: str, matrix: np.ndarray, packing: Packing, arr: ArrayConfig) -> None:
