@@ -54,10 +54,12 @@ def test_tiles_hold_exactly_the_combined_weights(rows, cols, alpha, gamma):
     rng = np.random.default_rng(rows * 100 + cols)
     model = random_model(rng, hidden=(12, 16))
     array = ArrayConfig(rows=rows, cols=cols, alpha=alpha)
-    packings = {}
-    for k, l in enumerate(model.layers):
-        packings[k] = combine_columns(lstm_matrix(l.w_ih, l.w_hh), alpha, gamma, row_block=rows)
+    original = model
+    model, packings = model.combined(alpha, gamma, row_block=rows)
     design = quantize(model, array, packings)
+    for k, l in enumerate(original.layers):
+        np.testing.assert_array_equal(lstm_matrix(model.layers[k].w_ih, model.layers[k].w_hh),
+                                      np.where(packings[k].mask, lstm_matrix(l.w_ih, l.w_hh), 0.0))
     for k, l in enumerate(model.layers):
         expected_nz = packings[k].mask & (lstm_matrix(l.w_ih, l.w_hh) != 0)
         got = unpack(design, f"lstm{k}")
@@ -96,8 +98,7 @@ def test_shared_tiles_beat_whole_tiles_per_block():
     rng = np.random.default_rng(0)
     model = random_model(rng, vocab=96, emsize=32, hidden=(64, 64), sparsity=0.75, scale=0.3)
     array = ArrayConfig(rows=16, cols=8, alpha=8)
-    packings = {k: combine_columns(lstm_matrix(l.w_ih, l.w_hh), 8, 0.5, row_block=16)
-                for k, l in enumerate(model.layers)}
+    model, packings = model.combined(8, 0.5, row_block=16)
     design = quantize(model, array, packings)
     whole = sum(-(-len(g) // 8) for p in packings.values() for _, _, g in p.blocks)
     lstm_tiles = sum(m.n_tiles for m in design.lstm_layers)
@@ -172,6 +173,15 @@ def test_design_round_trips_through_disk(tmp_path):
     assert again.matrices == design.matrices and again.array == design.array
     tokens = rng.integers(0, 13, 8)
     np.testing.assert_array_equal(GoldenModel(again).run(tokens), GoldenModel(design).run(tokens))
+
+
+def test_weights_outside_the_packing_are_refused():
+    """The masks-not-applied bug: a packing from combining, weights that were never combine-pruned."""
+    rng = np.random.default_rng(8)
+    model = random_model(rng, sparsity=0.3)
+    _, packings = model.combined(4, 1.0, row_block=8)
+    with pytest.raises(QuantizeError, match="not in packing.mask"):
+        quantize(model, ArrayConfig(rows=8, cols=4, alpha=4), packings)
 
 
 def test_packing_with_the_wrong_alpha_is_refused():

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from ccflow.arrayconfig import ArrayConfig, NumberFormats
-from ccflow.combine import combine_columns, lstm_matrix
 from ccflow.corpus import load_corpus
 from ccflow.golden import GoldenModel
 from ccflow.hls import TEMPLATE_DIR, HlsError, build_hls, check_hls, render_hls
@@ -55,8 +54,7 @@ def make_design(name, seed=0):
     model = FloatModel.random(seed=seed, vocab=VOCAB, **kw)
     packings = None
     if gamma is not None:
-        packings = {k: combine_columns(lstm_matrix(l.w_ih, l.w_hh), array.alpha, gamma, row_block=array.rows)
-                    for k, l in enumerate(model.layers)}
+        model, packings = model.combined(array.alpha, gamma, row_block=array.rows)
     return quantize(model, array, packings)
 
 
@@ -83,8 +81,7 @@ def test_csim_is_bit_exact_for_random_arrays(seed, text, tmp_path):
     model = FloatModel.random(seed=seed, vocab=VOCAB, emsize=int(rng.integers(4, 24)), hidden=hidden,
                               sparsity=float(rng.uniform(0.3, 0.9)))
     gamma = float(rng.choice([0.0, 0.5, 1.5]))
-    packings = {k: combine_columns(lstm_matrix(l.w_ih, l.w_hh), array.alpha, gamma, row_block=rows)
-                for k, l in enumerate(model.layers)}
+    model, packings = model.combined(array.alpha, gamma, row_block=rows)
     design = quantize(model, array, packings)
     render_and_build(design, tmp_path)
     start = int(rng.integers(0, len(text) - 300))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arrayconfig import ArrayConfig
-from .combine import Packing, check_packing, combine_columns, lstm_matrix
+from .combine import Packing, check_packing, combine_columns, lstm_matrix, lstm_unmatrix
 from .design import Design, MatrixInfo
 from .fixedpoint import SaturationCounter
 
@@ -67,6 +67,16 @@ class FloatModel:
             w_ih, w_hh = layer.effective_weights()
             layers.append(FloatLSTM(np64(w_ih), np64(w_hh), np64(layer.bias_ih) + np64(layer.bias_hh)))
         return cls(tuple(layers), np64(model.encoder.weight), np64(model.decoder.bias))
+
+    def combined(self, alpha: int, gamma: float, row_block: int | None) -> tuple["FloatModel", dict[int, Packing]]:
+        """Column-combine every LSTM layer and apply the combine-pruning masks (no retraining)."""
+        packings, layers = {}, []
+        for k, layer in enumerate(self.layers):
+            p = combine_columns(lstm_matrix(layer.w_ih, layer.w_hh), alpha, gamma, row_block)
+            m_ih, m_hh = lstm_unmatrix(p.mask, layer.w_ih.shape[1])
+            packings[k] = p
+            layers.append(FloatLSTM(layer.w_ih * m_ih, layer.w_hh * m_hh, layer.bias))
+        return FloatModel(tuple(layers), self.embedding, self.decoder_bias), packings
 
     @classmethod
     def random(cls, seed: int = 0, vocab: int = 13, emsize: int = 8, hidden: tuple[int, ...] = (12, 12),
@@ -165,7 +175,6 @@ class _TileBuilder:
         if packing is None:
             packing = combine_columns(matrix, arr.alpha, 0.0, row_block=arr.rows)
         _check_packing(name, matrix, packing, arr)
-        matrix = np.where(packing.mask, matrix, 0.0)
         tile_start, block_start = len(self.tiles), len(self.bias)
         packed_cells = nnz = 0
         blocks = []  # per row block: its array columns
@@ -274,8 +283,8 @@ def _check_packing(name: str, matrix: np.ndarray, packing: Packing, arr: ArrayCo
     if packing.row_block is not None and packing.row_block % arr.rows:
         raise QuantizeError(f"{name}: packing row_block={packing.row_block} is not a multiple of the array "
                             f"height array.rows={arr.rows}; combine with row_block={arr.rows}")
-    try:
-        check_packing(np.where(packing.mask, matrix, 0.0), packing)
+    try:  # on the weights as trained: a nonzero outside the packing means its masks were not applied
+        check_packing(matrix, packing)
     except ValueError as e:
         raise QuantizeError(f"{name}: packing does not fit the weights: {e}") from None
 
