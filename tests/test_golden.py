@@ -152,6 +152,21 @@ def test_accumulator_saturation_is_counted_and_matches_the_slow_path():
     assert slow_logits.shape == (1, 13)
 
 
+@pytest.mark.parametrize("rows,cols,alpha,gamma", [(4, 3, 2, 0.0), (8, 5, 4, 1.0), (16, 8, 8, 0.5)])
+def test_matrix_product_shortcut_equals_the_tile_replay(rows, cols, alpha, gamma):
+    rng = np.random.default_rng(rows + cols)
+    model, packings = random_model(rng, vocab=21, hidden=(20, 12), sparsity=0.5).combined(alpha, gamma, rows)
+    design = quantize(model, ArrayConfig(rows=rows, cols=cols, alpha=alpha), packings)
+    fast, tiles = GoldenModel(design, batch=2, trace=True), GoldenModel(design, batch=2, trace=True)
+    assert fast._dense
+    tiles._dense = {}  # replay every tile
+    for t in rng.integers(0, 21, (15, 2)):
+        np.testing.assert_array_equal(fast.step(t), tiles.step(t))
+        for a, b in zip(fast.trace, tiles.trace, strict=True):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fast.cell, tiles.cell)
+
+
 def test_round_shift_rounds_half_up():
     x = np.array([-6, -5, -3, -2, 2, 3, 5, 6])
     np.testing.assert_array_equal(round_shift(x, 1), [-3, -2, -1, -1, 1, 2, 3, 3])

@@ -44,6 +44,7 @@ class GoldenModel:
         self._cell_addr = design.tile_addr[t, c, design.tile_sel]  # [T, rows, cols]
         self._in_a = np.arange(design.array.cols)[None, :] < design.tile_split[:, None]  # [T, cols]
         self._segments = {m.name: _segments(design, m) for m in design.matrices}
+        self._dense = {m.name: _dense_matrix(design, m) for m in design.matrices} if _float_exact(design) else {}
         self.reset()
 
     def reset(self) -> None:
@@ -76,7 +77,28 @@ class GoldenModel:
     # --- the array ----------------------------------------------------------
 
     def _accumulate(self, m: MatrixInfo) -> np.ndarray:
-        """Block accumulators [batch, n_blocks * rows] after all tiles of the matrix."""
+        """Block accumulators [batch, n_blocks * rows] after all tiles of the matrix.
+
+        Shortcut, exact by construction: when even the sum of |w * x| plus |bias| of
+        every row stays inside the accumulator, no running sum can saturate, so the
+        tile-by-tile result equals ``bias + W @ act`` -- one float64 matrix product,
+        exact because every partial sum is an integer below 2**53. Otherwise (or
+        without the shortcut) the tiles are replayed as the hardware runs them.
+        """
+        if m.name in self._dense:
+            w, w_abs, row_abs, bias, bias_abs = self._dense[m.name]
+            x = self.act[:, m.in_base: m.in_base + m.in_size].astype(np.float64)
+            limit = min(-self._acc_lo - 1, self._acc_hi)
+            x_max = np.abs(x).max(axis=1, keepdims=True)
+            # cheap bound max|x| * sum|w| first; the exact sum of |w x| only when that one fails
+            if (x_max * row_abs + bias_abs).max() <= limit or (np.abs(x) @ w_abs + bias_abs).max() <= limit:
+                acc = (x @ w).astype(np.int64) + bias
+                if self.trace_enabled:
+                    self.trace.extend(acc.reshape(self.batch, m.n_blocks, -1).transpose(1, 0, 2))
+                return acc
+        return self._accumulate_tiles(m)
+
+    def _accumulate_tiles(self, m: MatrixInfo) -> np.ndarray:
         d = self.design
         tiles = slice(m.tile_start, m.tile_start + m.n_tiles)
         vals = self.act[:, self._cell_addr[tiles]]  # [B, nt, rows, cols]
@@ -134,6 +156,27 @@ class GoldenModel:
         c = self.sat.saturate(round_shift(f * self.cell[:, cells] + i * g, fmt.act_frac), fmt.cell_bits, "cell")
         self.cell[:, cells] = c
         return self.sat.saturate(round_shift(o * self._lut(tanh, c), fmt.act_frac), fmt.act_bits, "hidden")
+
+
+def _float_exact(design: Design) -> bool:
+    """float64 holds every partial sum of a row exactly (|w x| summed over the act memory < 2**53)."""
+    fmt = design.array.formats
+    return fmt.weight_bits - 1 + fmt.act_bits - 1 + math.ceil(math.log2(design.act_size + 1)) < 52 \
+        and fmt.acc_bits < 53
+
+
+def _dense_matrix(design: Design, m: MatrixInfo):
+    """The matrix the tiles hold: (W [in_size, rows], |W|, row sums of |W|, bias, |bias|), float64 but bias."""
+    rows = design.array.rows
+    w = np.zeros((design.act_size, m.n_blocks * rows))
+    for t in range(m.tile_start, m.tile_start + m.n_tiles):
+        block = design.tile_block[t] - m.block_start + (np.arange(design.array.cols) >= design.tile_split[t])
+        r = block[None, :] * rows + np.arange(rows)[:, None]  # [rows, cols] matrix row of each cell
+        addr = design.tile_addr[t, np.arange(design.array.cols)[None, :], design.tile_sel[t]]
+        np.add.at(w, (addr, r), design.tile_weight[t])
+    bias = design.block_bias[m.block_start: m.block_start + m.n_blocks].reshape(-1)
+    w = w[m.in_base: m.in_base + m.in_size]  # a matrix reads only its own input slice
+    return w, np.abs(w), np.abs(w).sum(axis=0), bias, np.abs(bias).astype(np.float64)
 
 
 def _segments(design: Design, m: MatrixInfo):
