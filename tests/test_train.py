@@ -1,0 +1,205 @@
+"""The training loop: the AWD-LSTM recipe, the schedule, the log, evaluation and plots."""
+
+import csv
+import math
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ccflow.train as train_mod
+from ccflow.checkpoint import load_model
+from ccflow.config import ModelConfig, load_config
+from ccflow.corpus import CorpusError, data_root, load_corpus
+from ccflow.evaluate import batchify, evaluate, evaluate_checkpoint
+from ccflow.model import LSTMLanguageModel
+from ccflow.prune import final_mask_epoch, nonzero_weights
+from ccflow.train import draw_seq_len, regularized_loss, run_training
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and a busy machine cannot stall them in OpenMP barriers."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CCFLOW_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def text_corpus(tmp_path) -> str:
+    """40 kB of Python source as a plain-text corpus (90/5/5 split): quick epochs and evaluations."""
+    src = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
+    path = tmp_path / "text.txt"
+    path.write_text(src.read_text()[:40_000])
+    return str(path)
+
+
+def _cfg(corpus, *overrides):
+    return load_config("tiny", [f"data.corpus={corpus!r}".replace("'", '"'), "train.max_batches=6",
+                                "train.epochs=2", "train.log_interval=2", *overrides])
+
+
+def _rows(out):
+    with open(Path(out) / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_random_bptt_length_follows_the_toolkit():
+    np.random.seed(0)
+    draws = np.array([draw_seq_len(150) for _ in range(20000)])
+    assert draws.min() >= 5
+    half = draws < 112
+    assert 0.04 < half.mean() < 0.06, "bptt/2 with probability 0.05"
+    assert abs(draws[~half].mean() - 149.5) < 0.3 and abs(draws[~half].std() - 5) < 0.3
+    assert abs(draws[half].mean() - 74.5) < 1.0
+    np.random.seed(0)
+    assert min(draw_seq_len(4) for _ in range(200)) == 5
+
+
+def test_lr_is_scaled_by_seq_len_and_divided_after_when_epochs(text_corpus, tmp_path, monkeypatch):
+    lengths = iter([60, 64, 70, 32, 64, 66, 5, 64, 64, 64, 64, 64])
+    monkeypatch.setattr(train_mod, "draw_seq_len", lambda bptt: next(lengths))
+    seen = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    cfg = _cfg(text_corpus, "train.when=[1]", "train.lr=1e-2", "combine.epochs=[]")
+    run_training(cfg, tmp_path / "run")
+    want = [1e-2 * n / 64 for n in (60, 64, 70, 32, 64, 66)] + [1e-3 * n / 64 for n in (5, 64, 64, 64, 64, 64)]
+    assert seen == pytest.approx(want, rel=1e-12)
+    epochs = [r for r in _rows(tmp_path / "run") if r["kind"] == "epoch"]
+    assert [float(r["lr"]) for r in epochs] == pytest.approx([1e-2, 1e-3])
+
+
+def test_gradients_are_clipped_to_train_clip(text_corpus, tmp_path, monkeypatch):
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):
+        params = list(params)
+        out = clip(params, max_norm, *a, **k)
+        after = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        norms.append((max_norm, float(out), float(after)))
+        return out
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    run_training(_cfg(text_corpus, "train.clip=0.05", "train.epochs=1", "combine.epochs=[]"), tmp_path / "run")
+    assert len(norms) == 6 and all(m == 0.05 for m, _, _ in norms)
+    assert any(before > 0.05 for _, before, _ in norms), "the test needs gradients above the clip"
+    assert all(after <= 0.05 * (1 + 1e-5) for _, _, after in norms)
+
+
+def test_ar_and_tar_are_the_toolkits_alpha_and_beta():
+    torch.manual_seed(0)
+    raw, dropped, ce = torch.randn(7, 3, 5), torch.randn(7, 3, 5), torch.tensor(2.0)
+    extras = {"raw": raw, "dropped": dropped}
+    assert regularized_loss(ce, extras, 0.0, 0.0) == ce
+    want = ce + 2.0 * dropped.pow(2).mean() + 1.5 * (raw[1:] - raw[:-1]).pow(2).mean()
+    assert torch.allclose(regularized_loss(ce, extras, 2.0, 1.5), want)
+
+
+def test_ar_tar_weight_decay_and_sgd_change_training(text_corpus, tmp_path):
+    def final(name, *over):
+        run_training(_cfg(text_corpus, "train.epochs=1", "combine.epochs=[]", "prune.sparsity=0", *over),
+                     tmp_path / name)
+        return load_model(tmp_path / name / "checkpoint.pt").model.layers[2].weight_hh.detach()
+
+    base = final("base")
+    assert torch.equal(base, final("again")), "same seed, same run"
+    for i, over in enumerate([["train.ar=2.0"], ["train.tar=1.0"], ["train.wdecay=0.1"], ["train.optimizer=\"sgd\""]]):
+        assert not torch.equal(base, final(f"v{i}", *over)), over
+
+
+def test_log_schedule_and_best_checkpoint(text_corpus, tmp_path):
+    cfg = _cfg(text_corpus, "train.epochs=4", "prune.sparsity=0.6", "prune.start_epoch=1", "prune.ramp_epochs=2",
+               "combine.epochs=[3]", "combine.gamma=0.5")
+    out = tmp_path / "run"
+    assert run_training(cfg, out) == out / "model.pt"
+    rows = _rows(out)
+    required = {"kind", "epoch", "step", "train_bpc", "valid_bpc", "lr", "ms_per_batch", "chars_per_s",
+                "nonzero_weights", "packed_cells", "utilization"}
+    assert required <= set(rows[0])
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    batches = [r for r in rows if r["kind"] == "batch"]
+    assert [int(r["epoch"]) for r in epochs] == [1, 2, 3, 4] and len(batches) == 4 * 3
+    assert all(r["valid_bpc"] == "" for r in batches) and all(float(r["valid_bpc"]) > 0 for r in epochs)
+    nnz = [int(r["nonzero_weights"]) for r in rows]
+    assert nnz == sorted(nnz, reverse=True), "nonzero weights never grow back"
+    dense = int(epochs[0]["packed_cells"])
+    assert [round(1 - int(r["nonzero_weights"]) / dense, 2) for r in epochs[:2]] == [0.3, 0.6]
+    assert int(epochs[2]["packed_cells"]) < dense and int(epochs[1]["packed_cells"]) == dense
+
+    full = load_model(out / "checkpoint.pt")
+    assert nonzero_weights(full.model) == int(epochs[-1]["nonzero_weights"])
+    assert sum(p.packed_cells for p in full.packings.values()) == int(epochs[-1]["packed_cells"])
+    assert float(epochs[-1]["utilization"]) == pytest.approx(
+        int(epochs[-1]["nonzero_weights"]) / int(epochs[-1]["packed_cells"]), abs=1e-6)
+    best = load_model(out / "model.pt")
+    last = final_mask_epoch(cfg)
+    eligible = {int(r["epoch"]): float(r["valid_bpc"]) for r in epochs if int(r["epoch"]) >= last}
+    assert best.epoch == min(eligible, key=eligible.get)
+    assert best.valid_bpc == pytest.approx(eligible[best.epoch], abs=1e-6)
+    assert best.packings is not None and not best.model.training
+    # the valid BPC in the log is what evaluate_checkpoint measures for those weights
+    assert evaluate_checkpoint(out / "model.pt", "valid") == pytest.approx(best.valid_bpc, abs=1e-9)
+
+
+def test_evaluate_carries_the_hidden_state_across_chunks():
+    torch.manual_seed(0)
+    m = LSTMLanguageModel(11, ModelConfig(emsize=6, nhid=10, nlayers=3))
+    data = np.random.default_rng(0).integers(0, 11, 403).astype(np.int32)
+    whole = evaluate(m, data, batch_size=2, bptt=1000, device="cpu")
+    chunked = evaluate(m, data, batch_size=2, bptt=7, device="cpu")
+    assert chunked == pytest.approx(whole, abs=1e-6)
+    # a model that predicts uniformly scores exactly log2(V)
+    with torch.no_grad():
+        m.encoder.weight.zero_()
+        m.decoder.bias.zero_()
+    assert evaluate(m, data, 4, 16, "cpu") == pytest.approx(math.log2(11), abs=1e-6)
+    assert m.training, "evaluate restores the model's mode"
+    with pytest.raises(CorpusError, match="batch size"):
+        batchify(data[:5], 4)
+
+
+def test_evaluate_checkpoint_refuses_unseen_symbols(text_corpus, tmp_path):
+    run_training(_cfg(text_corpus, "train.epochs=1", "combine.epochs=[]"), tmp_path / "run")
+    other = tmp_path / "other.txt"
+    other.write_text("é" * 3000)
+    with pytest.raises(CorpusError, match="not in the model's vocabulary"):
+        evaluate_checkpoint(tmp_path / "run" / "model.pt", "test", corpus_spec=str(other))
+    bpc = evaluate_checkpoint(tmp_path / "run" / "model.pt", "test")
+    assert 1 < bpc < 8
+
+
+def test_plots(text_corpus, tmp_path):
+    from ccflow.plots import plot_training
+
+    run_training(_cfg(text_corpus, "train.epochs=3", "combine.epochs=[2]"), tmp_path / "a")
+    run_training(_cfg(text_corpus, "train.epochs=2", "prune.sparsity=0", "combine.epochs=[]"), tmp_path / "b")
+    paths = plot_training([tmp_path / "a" / "log.csv", tmp_path / "b" / "log.csv"], tmp_path / "fig")
+    assert sorted(p.name for p in paths) == ["bpc_vs_epoch.png", "bpc_vs_packed_cells.png", "nonzeros_vs_epoch.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+@pytest.mark.skipif(not (data_root() / "pennchar" / "valid.txt").is_file(),
+                    reason="ptbc-small needs ../shared/data/pennchar (set CCFLOW_DATA)")
+def test_ptbc_small_trains(tmp_path):
+    cfg = load_config("small", ["model.emsize=32", "model.nhid=32", "train.max_batches=3", "train.epochs=1"])
+    run_training(cfg, tmp_path / "run")
+    corpus = load_corpus("ptbc-small")
+    assert corpus.ntokens == 50
+    bpc = evaluate_checkpoint(tmp_path / "run" / "model.pt", "valid")
+    assert 2 < bpc < math.log2(50) + 0.5
