@@ -39,9 +39,11 @@ setup: $(SETUP) ## install iverilog + yosys (apt-get) and the Python package wit
 $(SETUP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 
-train: $(SETUP) ## train CONFIG (resumes an interrupted run of the same config)
-	@resume=""; if [ -f $(CKPT) ] && [ $(CKPT) -nt $(CONFIG_FILE) ]; then resume="--resume"; fi; \
-	set -x; $(CCFLOW) train --config $(CONFIG) --out $(BUILD)/train $(if $(DATA),--data $(DATA)) $$resume $(ARGS)
+train: $(SETUP) ## train CONFIG; resumes an interrupted run, sets aside a run of an older config
+	@if [ -f $(CKPT) ] && [ $(CONFIG_FILE) -nt $(CKPT) ]; then \
+	  old=$(BUILD)/train.$$(date +%Y%m%d-%H%M%S); echo "$(CONFIG_FILE) changed since the last run: moving it to $$old"; \
+	  mv $(BUILD)/train $$old; fi
+	$(CCFLOW) train --config $(CONFIG) --out $(BUILD)/train $(if $(DATA),--data $(DATA)) --resume $(ARGS)
 
 $(MODEL): $(CONFIG_FILE) | $(SETUP)
 	$(MAKE) --no-print-directory train

@@ -5,7 +5,7 @@ every row block's accumulators on the trace port (in block order), and sat_count
 golden model's saturation total. The first ``free_tokens`` run without stalls and give the cycle
 figures; then (``stalls``) tok_valid_i and out_ready_i drop for random stretches, short and long;
 with ``reset`` one token is interrupted by a reset mid-way, the golden model is reset too and the
-stream continues. The first mismatch stops the run with token index, block/row, expected and got.
+stream continues from that token, so every token is checked. The first mismatch stops the run with token index, block/row, expected and got.
 
 Inputs are driven and outputs sampled at the falling clock edge: what is sampled there is the
 state after the preceding rising edge, and what is driven is seen by the next one.
@@ -181,7 +181,9 @@ class TopBench:
                 if (self.read(dut.sat_count_o, "sat_count_o") != 0 or self.read(dut.out_valid_o, "out_valid_o")
                         or not self.read(dut.tok_ready_o, "tok_ready_o")):
                     self.fail("after reset: sat_count_o, out_valid_o or tok_ready_o not in the reset state")
-                self.dropped += [r.index for r in inflight if r.out_cycle is None]
+                lost = [r.index for r in inflight if r.out_cycle is None]
+                self.dropped += lost
+                next_tok = min(lost)  # the stream resumes with the interrupted token, from a zero state
                 inflight.clear()
                 self.golden.reset()
                 self.resets += 1

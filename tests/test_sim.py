@@ -140,7 +140,7 @@ def test_top_over_real_text(sim, top_rtl, top_design, text, sim_work):
     tokens = text[:64]
     r = run_top(top_rtl, sim=sim, tokens=tokens, work_dir=sim_work)
     assert r.passed, f"{r.message} (log {r.log_path})"
-    assert r.tokens_checked == len(tokens) - 1  # one token is cut short by the mid-run reset
+    assert r.tokens_checked == len(tokens)  # the token cut short by the mid-run reset is run again
     # Throughput, no stalls: one tile per cycle, 4 cycles per LSTM layer boundary (commit), one
     # cycle per token for the embedding load.
     layers = len(top_design.lstm_layers)
@@ -176,7 +176,7 @@ def test_top_on_unusual_arrays(sim, unusual_rtl, sim_work):
     tokens = [int(t) for t in np.random.default_rng(0).integers(0, design.vocab_size, 24)]
     r = run_top(rtl, sim=sim, tokens=tokens, work_dir=sim_work)
     assert r.passed, f"{r.message} (log {r.log_path})"
-    assert r.tokens_checked == len(tokens) - 1
+    assert r.tokens_checked == len(tokens)
     assert r.token_interval == design.n_tiles + 4 * len(design.lstm_layers) + 1
 
 
@@ -208,7 +208,7 @@ def test_saturating_design_saturates_everywhere(text):
 def test_top_saturation_count(sim, sat_rtl, text, sim_work):
     r = run_top(sat_rtl, sim=sim, tokens=text[:48], work_dir=sim_work, seed=3)
     assert r.passed, f"{r.message} (log {r.log_path})"
-    assert r.tokens_checked == 47 and r.sat_count > 0
+    assert r.tokens_checked == 48 and r.sat_count > 0
 
 
 # --- a corrupted ROM must fail -------------------------------------------------------

@@ -52,7 +52,8 @@ def cmd_sim(args) -> None:
 
     for sim in args.sim:
         r = simulate(args.rtl, sim=sim, tokens=args.tokens)
-        print(f"{sim}: bit-exact on {r['tokens_checked']} tokens, {r['cycles_per_token']:.1f} cycles per token")
+        print(f"{sim}: bit-exact on {r['tokens_checked']} tokens, {r['token_interval']:.1f} cycles per token, "
+              f"latency {r['cycles_per_token']:.0f} cycles")
 
 
 def cmd_hls(args) -> None:
@@ -163,18 +164,26 @@ def main(argv=None) -> int:
     from .corpus import CorpusError
 
     known: tuple[type[BaseException], ...] = (ConfigError, CorpusError, FileNotFoundError)
-    try:
-        from .checkpoint import CheckpointError
-        from .quantize import QuantizeError
-        known += (CheckpointError, QuantizeError)
-    except ImportError:  # pragma: no cover - partial installs
-        pass
+    from .checkpoint import CheckpointError
+    from .quantize import QuantizeError
+    from .train import TrainingInterrupted
+
+    known += (CheckpointError, QuantizeError)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except known as e:
         print(f"ccflow {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # SIGINT/SIGTERM: the state is saved, the message says --resume
+        print(f"ccflow {args.command}: {e}", file=sys.stderr)
+        return 130
+    except FloatingPointError as e:  # training diverged; the message names the lr
+        print(f"ccflow {args.command}: error: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"ccflow {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -37,6 +37,9 @@ class ModelConfig:
     dropouti: float = 0.1  # locked dropout on the embedding output
     dropoute: float = 0.0  # embedding dropout (whole rows of the embedding)
     wdrop: float = 0.0  # DropConnect on hidden-to-hidden weights
+    # Embedding (= tied decoder) init U(-r, r). The toolkit's 0.1 suits emsize >= 200; a small
+    # embedding starts with near-zero logits and sits on a plateau for hundreds of steps.
+    init_range: float = 0.1
 
     def __post_init__(self) -> None:
         _check(self.emsize >= 1 and self.nhid >= 1, "model.emsize and model.nhid must be >= 1")
@@ -44,6 +47,7 @@ class ModelConfig:
         for name in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
             v = getattr(self, name)
             _check(0.0 <= v < 1.0, f"model.{name}={v} must be in [0, 1)")
+        _check(self.init_range > 0, f"model.init_range={self.init_range} must be > 0")
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ def _load_cached(name: str, files: dict[str, list[Path]], kind: str, vocab) -> C
                           train=z["train"], valid=z["valid"], test=z["test"])
     corpus = _build(name, kind, files, vocab)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # per process: concurrent fills do not collide
     np.savez(tmp, vocab=np.array(corpus.vocab), train=corpus.train, valid=corpus.valid, test=corpus.test)
     os.replace(tmp, path)
     return corpus

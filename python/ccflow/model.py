@@ -91,7 +91,7 @@ class LSTMLanguageModel(nn.Module):
         self.layers = nn.ModuleList(MaskedLSTM(sizes[l], sizes[l + 1], cfg.wdrop) for l in range(cfg.nlayers))
         self.decoder = nn.Linear(cfg.emsize, ntoken)
         self.decoder.weight = self.encoder.weight  # tied: the last layer's width is emsize
-        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.uniform_(self.encoder.weight, -cfg.init_range, cfg.init_range)
         nn.init.zeros_(self.decoder.bias)
 
     def init_hidden(self, batch: int) -> Hidden:
