@@ -83,6 +83,9 @@ bench-combine: $(SETUP) ## column combining: ours vs a naive greedy merge, rando
 bench-train: $(SETUP) ## time per training step: dense vs masked+combining vs torch.nn.LSTM
 	$(PY) bench/bench_train.py
 
+experiments: $(SETUP) ## column-combining experiments on ptbc-small (small preset) -> docs/results.md
+	$(PY) bench/experiments.py
+
 plots: ## PNG training curves of BUILD/train/log.csv into BUILD/plots
 	$(CCFLOW) plots $(BUILD)/train/log.csv --out $(BUILD)/plots
 

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -13,28 +12,6 @@ from ccflow.checkpoint import CheckpointError, atomic_save, load_model, read_che
 from ccflow.config import ConfigError, load_config
 from ccflow.evaluate import evaluate_checkpoint
 from ccflow.train import TrainingInterrupted, run_training
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine cannot stall them in OpenMP barriers."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CCFLOW_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def text_corpus(tmp_path) -> str:
-    src = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
-    path = tmp_path / "text.txt"
-    path.write_text(src.read_text()[:40_000])
-    return str(path)
 
 
 def _cfg(corpus, *overrides):

@@ -11,11 +11,6 @@ from ccflow.corpus import EOS, CorpusError, data_root, load_corpus, prepare_enwi
 SHARED = data_root()
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CCFLOW_CACHE", str(tmp_path / "cache"))
-
-
 def write_layout(d: Path, train="a b\nc a\n", valid="b c\n", test="a\n"):
     d.mkdir(parents=True, exist_ok=True)
     for name, text in (("train", train), ("valid", valid), ("test", test)):

@@ -11,15 +11,6 @@ from ccflow.config import ModelConfig, load_config
 from ccflow.model import LSTMLanguageModel, MaskedLSTM, embedded_dropout, locked_dropout
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine cannot stall them in OpenMP barriers."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _pair(I=6, H=5, wdrop=0.0, seed=0):
     torch.manual_seed(seed)
     ours = MaskedLSTM(I, H, wdrop)

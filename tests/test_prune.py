@@ -11,15 +11,6 @@ from ccflow.prune import (apply_schedule, enforce_masks, final_mask_epoch, magni
                           nonzero_weights, packing_stats, prune_layer, target_sparsity)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine cannot stall them in OpenMP barriers."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_linear_ramp_starts_after_start_epoch_and_holds_the_target():
     cfg = load_config("tiny", ["prune.sparsity=0.8", "prune.start_epoch=3", "prune.ramp_epochs=4"])
     got = [round(target_sparsity(cfg.prune, e), 6) for e in range(0, 10)]

@@ -2,7 +2,6 @@
 
 import csv
 import math
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -17,29 +16,6 @@ from ccflow.evaluate import batchify, evaluate, evaluate_checkpoint
 from ccflow.model import LSTMLanguageModel
 from ccflow.prune import final_mask_epoch, nonzero_weights
 from ccflow.train import draw_seq_len, regularized_loss, run_training
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine cannot stall them in OpenMP barriers."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CCFLOW_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def text_corpus(tmp_path) -> str:
-    """40 kB of Python source as a plain-text corpus (90/5/5 split): quick epochs and evaluations."""
-    src = Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"
-    path = tmp_path / "text.txt"
-    path.write_text(src.read_text()[:40_000])
-    return str(path)
 
 
 def _cfg(corpus, *overrides):
