@@ -20,7 +20,8 @@ MODULES = ["ccflow_accumulator", "ccflow_act_mem", "ccflow_controller", "ccflow_
 
 # Several models and arrays, including odd ones: rows not a power of two, alpha not a power of
 # two, alpha 1, a single array column, vocabulary smaller than a row block, wider accumulators,
-# lut_frac == act_frac (no LUT shift), 4-bit weights.
+# lut_frac == act_frac (no LUT shift), 4-bit weights; memories wider than Verilator's
+# 8192-bit replication limit (activation 10,240 bits, cell state 13,824 bits).
 CONFIGS = {
     "default": (dict(vocab=96, emsize=32, hidden=(64, 64), sparsity=0.75), ArrayConfig(16, 8, 8)),
     "tiny": (dict(vocab=13, emsize=8, hidden=(12,)), ArrayConfig(4, 2, 2)),
@@ -28,6 +29,7 @@ CONFIGS = {
             ArrayConfig(12, 3, 5, NumberFormats(act_bits=12, act_frac=8, lut_frac=8, cell_bits=20, acc_bits=40))),
     "narrow": (dict(vocab=7, emsize=6, hidden=(9,)),
                ArrayConfig(32, 1, 1, NumberFormats(weight_bits=4, logit_frac=4, lut_frac=3))),
+    "wide": (dict(vocab=50, emsize=64, hidden=(256, 256), sparsity=0.8), ArrayConfig(32, 16, 8)),
 }
 
 
