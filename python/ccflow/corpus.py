@@ -238,3 +238,13 @@ def prepare_enwik8(zip_path: str | Path, out_dir: str | Path) -> Path:
         tmp.write_text(buf.getvalue())
         os.replace(tmp, out_dir / f"{split}.txt")
     return out_dir
+
+
+def batchify(data, streams: int) -> np.ndarray:
+    """Token ids -> [T, streams]: one contiguous stream per column, the tail dropped (as the toolkit does)."""
+    data = np.asarray(data)
+    n = len(data) // streams
+    if n < 2:
+        raise CorpusError(f"{len(data)} tokens cannot fill {streams} streams of 2 or more; "
+                          "use a smaller batch size or a larger split")
+    return data[: n * streams].reshape(streams, n).T

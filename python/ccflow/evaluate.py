@@ -13,21 +13,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .corpus import CorpusError, load_corpus
+from .corpus import load_corpus
+from .corpus import batchify as corpus_batchify
 
 
 def batchify(data, batch_size: int, device="cpu") -> torch.Tensor:
-    """Token ids -> [T, batch_size] long tensor, one contiguous stream per column (tail dropped)."""
-    data = torch.as_tensor(np.asarray(data), dtype=torch.long)
-    n = data.numel() // batch_size
-    if n < 2:
-        raise CorpusError(f"{data.numel()} tokens cannot fill {batch_size} streams of 2 or more; "
-                          "use a smaller batch size or a larger split")
-    return data[: n * batch_size].view(batch_size, n).t().contiguous().to(device)
+    """``corpus.batchify`` as a long tensor on ``device``."""
+    return torch.as_tensor(corpus_batchify(data, batch_size), dtype=torch.long).contiguous().to(device)
 
 
 @torch.no_grad()

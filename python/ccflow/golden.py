@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from .corpus import batchify
 from .design import Design, MatrixInfo
 from .fixedpoint import SaturationCounter, bounds, round_shift
 
@@ -193,14 +194,6 @@ def _segments(design: Design, m: MatrixInfo):
             rows.append((t, True, a + 1, True, False))
     tile, part_b, block, first, last = (np.array(c) for c in zip(*rows))
     return tile, part_b, block, first, last
-
-
-def batchify(data: np.ndarray, streams: int) -> np.ndarray:
-    """[T, streams] columns of consecutive tokens, the remainder dropped (as the toolkit does)."""
-    n = len(data) // streams
-    if n < 2:
-        raise ValueError(f"{len(data)} tokens are too few for {streams} streams")
-    return np.asarray(data[: n * streams]).reshape(streams, n).T
 
 
 def fixed_point_bpc(design: Design, data: np.ndarray, streams: int = 16, progress: bool = False) -> float:
