@@ -2,10 +2,11 @@
 
 Row blocks of random gate inputs z (a share of them at the extremes, so the LUT index clamps) are
 driven layer by layer, several steps, blocks of a layer back to back or with random gaps, as the
-accumulator would deliver them. Checked per layer: every unit's new h (address and value), that
-padding lanes write nothing, one commit pulse for the layer together with its last block, the
-cell-state memory after the layer, and the saturation events (cell and hidden updates of real
-units) against the golden model's count. Use it with LUT ROMs holding out-of-range values and a
+accumulator would deliver them, each with its blocks.mem descriptor. Checked per layer: every unit's
+new h (act address from bank and word, value, and the copy = the step's parity), that padding lanes
+write nothing, one commit pulse for the layer together with its last block, and the saturation
+events (cell and hidden updates of real units) against the golden model's count. The cell state
+is checked through h: h = o * tanh(c'), and every step starts from the c the unit wrote before. Use it with LUT ROMs holding out-of-range values and a
 narrow cell format to make the saturations happen (tests/test_sim.py does).
 """
 
@@ -17,7 +18,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
 from bench_common import bench_args, load_design, pack, random_signed, unpack, write_results
-from ccflow.generate import rtl_context
+from ccflow.generate import block_descriptors, rtl_context
 from ccflow.golden import GoldenModel
 
 
@@ -27,8 +28,16 @@ async def pointwise_matches_golden(dut):
     design = load_design()
     ctx = rtl_context(design)
     fmt = design.array.formats
-    rows, units, ab, cb = design.array.rows, ctx["units"], fmt.act_bits, fmt.cell_bits
-    hw_bits = ctx["haddr_bits"]
+    rows, units, ab = design.array.rows, ctx["units"], fmt.act_bits
+    kb, lb, alpha = ctx["bank_bits"], ctx["local_bits"], design.array.alpha
+    widths = [1, 1, ctx["real_bits"], ctx["index_bits"], ctx["mat_bits"], kb, lb]
+    descs = []
+    for row in block_descriptors(design):
+        word, shift = 0, 0
+        for v, w in zip(row, widths):
+            word |= int(v) << shift
+            shift += w
+        descs.append(word)
     rng = np.random.default_rng(int(args.get("seed", 1)))
     golden = GoldenModel(design)
     results = {"passed": False, "message": "", "layers_checked": 0, "sat_events": 0, "h_checked": 0}
@@ -40,8 +49,8 @@ async def pointwise_matches_golden(dut):
     Clock(dut.clk_i, 10, unit="ns").start()
     dut.rst_ni.value = 0
     dut.valid_i.value = 0
-    dut.block_i.value = 0
-    dut.mat_i.value = 0
+    dut.desc_i.value = 0
+    dut.parity_i.value = 0
     dut.z_i.value = 0
     await FallingEdge(dut.clk_i)
     await FallingEdge(dut.clk_i)
@@ -50,24 +59,26 @@ async def pointwise_matches_golden(dut):
     events = 0
     writes: dict[int, int] = {}
 
-    async def cycle(valid, block=0, mat=0, z=None):
+    async def cycle(valid, block=0, parity=0, z=None):
         """Drive one cycle's inputs at the falling edge, after sampling the outputs there."""
         nonlocal events
         we = int(dut.h_we_o.value)
         if we:
-            addr = unpack(dut.h_addr_o.value.to_unsigned(), units, hw_bits, signed=False)
+            bank = unpack(dut.h_bank_o.value.to_unsigned(), units, kb, signed=False)
+            word = unpack(dut.h_word_o.value.to_unsigned(), units, lb, signed=False)
             h = unpack(dut.h_o.value.to_unsigned(), units, ab)
+            copy = int(dut.h_copy_o.value)
             for u in range(units):
                 if we >> u & 1:
-                    a = int(addr[u])
+                    a = int(word[u]) * alpha + int(bank[u])
                     if a in writes:
                         fail(f"h address {a} written twice in one layer")
-                    writes[a] = int(h[u])
+                    writes[a] = (int(h[u]), copy)
         events += int(dut.sat_events_o.value)
-        commit = (int(dut.commit_o.value), int(dut.commit_layer_o.value))
+        commit = (1, int(dut.commit_mat_o.value)) if int(dut.commit_o.value) else (0, 0)
         dut.valid_i.value = int(valid)
-        dut.block_i.value = int(block) if valid else int(rng.integers(0, design.n_blocks))
-        dut.mat_i.value = int(mat)
+        dut.desc_i.value = descs[block] if valid else descs[int(rng.integers(0, design.n_blocks))]
+        dut.parity_i.value = int(parity) if valid else int(rng.integers(0, 2))
         dut.z_i.value = pack(z if valid else rng.integers(-100, 100, rows), ab)
         await FallingEdge(dut.clk_i)
         return commit
@@ -86,15 +97,15 @@ async def pointwise_matches_golden(dut):
                 writes.clear()
                 commits = []
                 for b in range(m.n_blocks):
-                    commits.append(await cycle(True, m.block_start + b, k, z[b * rows:(b + 1) * rows]))
+                    commits.append(await cycle(True, m.block_start + b, step % 2, z[b * rows:(b + 1) * rows]))
                     for _ in range(int(rng.choice([0, 0, 0, 1, 2]))):
                         commits.append(await cycle(False))
-                for _ in range(4):  # drain the pipeline
+                for _ in range(7):  # drain the pipeline
                     commits.append(await cycle(False))
                 pulses = [c for c in commits if c[0]]
                 if len(pulses) != 1 or pulses[0][1] != k:
                     fail(f"step {step} {m.name}: commit pulses {pulses}, expected one for layer {k}")
-                want = {m.out_base + j: int(expected_h[j]) for j in range(m.hidden)}
+                want = {m.out_base + j: (int(expected_h[j]), step % 2) for j in range(m.hidden)}
                 if set(writes) != set(want):
                     extra = sorted(set(writes) - set(want))
                     missing = sorted(set(want) - set(writes))
@@ -102,13 +113,8 @@ async def pointwise_matches_golden(dut):
                          f"unexpected {extra[:8]}, missing {missing[:8]}")
                 for a, v in want.items():
                     if writes[a] != v:
-                        fail(f"step {step} {m.name}: unit {a - m.out_base} (act address {a}): expected h {v}, "
-                             f"got {writes[a]}")
-                cells = unpack(dut.cell_q.value.to_unsigned(), design.cell_size, cb)
-                bad = np.flatnonzero(cells != golden.cell[0])
-                if bad.size:
-                    i = int(bad[0])
-                    fail(f"step {step} {m.name}: cell state {i}: expected {int(golden.cell[0, i])}, got {int(cells[i])}")
+                        fail(f"step {step} {m.name}: unit {a - m.out_base} (act address {a}): expected (h, copy) "
+                             f"{v}, got {writes[a]}")
                 if events != golden.sat.total:
                     fail(f"step {step} {m.name}: {events} saturation events, golden model {golden.sat.total} "
                          f"({golden.sat.total - before} in this layer; {golden.sat.by_site})")

@@ -1,9 +1,9 @@
 """cocotb bench of ccflow_top against the golden model, bit for bit, over a stream of tokens.
 
-Checked, for every token: its logits (when out_valid_o rises, and unchanged while it is held),
+Checked, for every token: its logits (when m_axis_tvalid rises, and unchanged while it is held),
 every row block's accumulators on the trace port (in block order), and sat_count_o against the
 golden model's saturation total. The first ``free_tokens`` run without stalls and give the cycle
-figures; then (``stalls``) tok_valid_i and out_ready_i drop for random stretches, short and long;
+figures; then (``stalls``) s_axis_tvalid and m_axis_tready drop for random stretches, short and long;
 with ``reset`` one token is interrupted by a reset mid-way, the golden model is reset too and the
 stream continues from that token, so every token is checked. The first mismatch stops the run with token index, block/row, expected and got.
 
@@ -105,15 +105,15 @@ class TopBench:
 
     def check_out(self, inflight):
         if not inflight:
-            self.fail(f"cycle {self.cycle}: out_valid_o with no token in flight")
+            self.fail(f"cycle {self.cycle}: m_axis_tvalid with no token in flight")
         rec = inflight[0]
-        word = self.read(self.dut.logits_o, f"token {rec.index}: logits_o")
+        word = self.read(self.dut.m_axis_tdata, f"token {rec.index}: m_axis_tdata")
         if rec.out_cycle is not None:  # held: must not change
             if word != rec.out_word:
-                self.fail(f"token {rec.index}: logits changed while out_valid_o was held (cycle {self.cycle})")
+                self.fail(f"token {rec.index}: logits changed while m_axis_tvalid was held (cycle {self.cycle})")
             return
         if rec.traces_seen != self.n_blocks:
-            self.fail(f"token {rec.index}: out_valid_o after {rec.traces_seen} of {self.n_blocks} row blocks")
+            self.fail(f"token {rec.index}: m_axis_tvalid after {rec.traces_seen} of {self.n_blocks} row blocks")
         got = unpack(word, self.vocab, self.act_bits)
         bad = np.flatnonzero(got != rec.logits)
         if bad.size:
@@ -142,9 +142,9 @@ class TopBench:
         dut, rng = self.dut, self.rng
         Clock(dut.clk_i, 10, unit="ns").start()
         dut.rst_ni.value = 0
-        dut.tok_valid_i.value = 0
-        dut.tok_i.value = 0
-        dut.out_ready_i.value = 0
+        dut.s_axis_tvalid.value = 0
+        dut.s_axis_tdata.value = 0
+        dut.m_axis_tready.value = 0
         for _ in range(3):
             await FallingEdge(dut.clk_i)
         dut.rst_ni.value = 1
@@ -172,15 +172,15 @@ class TopBench:
                 if not self.reset_mid_token:
                     self.fail(f"the reset at cycle {self.cycle} did not hit token {reset_index} mid-way")
                 dut.rst_ni.value = 0
-                dut.tok_valid_i.value = 0
-                dut.out_ready_i.value = 0
+                dut.s_axis_tvalid.value = 0
+                dut.m_axis_tready.value = 0
                 for _ in range(2):
                     await FallingEdge(dut.clk_i)
                     self.cycle += 1
                 dut.rst_ni.value = 1
-                if (self.read(dut.sat_count_o, "sat_count_o") != 0 or self.read(dut.out_valid_o, "out_valid_o")
-                        or not self.read(dut.tok_ready_o, "tok_ready_o")):
-                    self.fail("after reset: sat_count_o, out_valid_o or tok_ready_o not in the reset state")
+                if (self.read(dut.sat_count_o, "sat_count_o") != 0 or self.read(dut.m_axis_tvalid, "m_axis_tvalid")
+                        or not self.read(dut.s_axis_tready, "s_axis_tready")):
+                    self.fail("after reset: sat_count_o, m_axis_tvalid or s_axis_tready not in the reset state")
                 lost = [r.index for r in inflight if r.out_cycle is None]
                 self.dropped += lost
                 next_tok = min(lost)  # the stream resumes with the interrupted token, from a zero state
@@ -196,10 +196,10 @@ class TopBench:
             if self.read(dut.trace_valid_o, "trace_valid_o"):
                 self.check_trace(inflight)
                 progress = self.cycle
-            out_valid = self.read(dut.out_valid_o, "out_valid_o")
+            out_valid = self.read(dut.m_axis_tvalid, "m_axis_tvalid")
             if out_valid:
                 self.check_out(inflight)
-            tok_ready = self.read(dut.tok_ready_o, "tok_ready_o")
+            tok_ready = self.read(dut.s_axis_tready, "s_axis_tready")
 
             # drive: seen by the next rising edge
             if not presenting and next_tok < n:
@@ -208,8 +208,8 @@ class TopBench:
                     self.tok_stall_cycles += 1
                 else:
                     presenting = True
-            dut.tok_valid_i.value = int(presenting)
-            dut.tok_i.value = self.tokens[next_tok] if presenting else rng.randrange(1 << self.tok_bits)
+            dut.s_axis_tvalid.value = int(presenting)
+            dut.s_axis_tdata.value = self.tokens[next_tok] if presenting else rng.randrange(1 << self.tok_bits)
 
             pending = inflight[0] if inflight and inflight[0].out_cycle is not None else None
             out_ready = 1
@@ -222,7 +222,7 @@ class TopBench:
                     out_ready = 0 if ready_gap else 1
             if pending is not None and not out_ready:
                 self.out_stall_cycles += 1
-            dut.out_ready_i.value = out_ready
+            dut.m_axis_tready.value = out_ready
 
             # handshakes at the coming edge
             if out_valid and out_ready:
@@ -252,7 +252,11 @@ class TopBench:
         return float(np.mean(lat)) if lat else 0.0
 
     def token_interval(self) -> float:
+        """Mean cycles between accepts of the stall-free tokens, steady state: the first token's
+        embedding load is exposed (nothing runs before it), later ones overlap the decoder."""
         acc = [r.accept_cycle for r in self.checked if r.index < self.free]
+        if len(acc) > 2:
+            acc = acc[1:]
         return float((acc[-1] - acc[0]) / (len(acc) - 1)) if len(acc) > 1 else 0.0
 
     def results(self) -> dict:

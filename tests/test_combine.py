@@ -31,6 +31,7 @@ from ccflow.combine import (
     linear_matrix,
     lstm_matrix,
     lstm_unmatrix,
+    split_banks,
 )
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -236,8 +237,11 @@ def test_conflicts_helper():
 # ---------------------------------------------------------------- against the greedy merge
 
 
-def naive_greedy_groups(w: np.ndarray, alpha: int, gamma: float) -> set[tuple[int, ...]]:
-    """The greedy merge exactly as specified, recomputing every pair after every merge."""
+def naive_greedy_groups(w: np.ndarray, alpha: int, gamma: float, banks=None) -> set[tuple[int, ...]]:
+    """The greedy merge exactly as specified, recomputing every pair after every merge.
+
+    With ``banks``, pairs that share a bank are not candidates (the bank rule).
+    """
     nz = w != 0
     budget = math.floor(gamma * w.shape[0])
     groups = [[c] for c in range(w.shape[1]) if nz[:, c].any()]
@@ -247,6 +251,8 @@ def naive_greedy_groups(w: np.ndarray, alpha: int, gamma: float) -> set[tuple[in
             for j in range(i + 1, len(groups)):
                 merged = groups[i] + groups[j]
                 if len(merged) > alpha:
+                    continue
+                if banks is not None and len({banks[c] for c in merged}) < len(merged):
                     continue
                 conf = group_conflicts(w, merged)
                 if conf <= budget:
@@ -437,3 +443,257 @@ def test_conv2d_and_linear_adapters():
     assert np.array_equal(linear_matrix(lin.weight), lin.weight.detach().numpy())
     with pytest.raises(ValueError):
         conv2d_matrix(np.zeros((2, 2)))
+
+
+# ---------------------------------------------------------------- the bank rule
+
+bank_alphas = st.sampled_from([1, 3, 5, 8])
+bank_gammas = st.sampled_from([0.0, 0.5, 1.75])
+bank_row_blocks = st.sampled_from([None, 16])
+
+
+@st.composite
+def banked_cases(draw, max_rows=40, max_cols=24):
+    """(w, alpha, gamma, row_block, banks); banks address mod alpha half the time, else arbitrary."""
+    w = draw(matrices(max_rows, max_cols))
+    alpha = draw(bank_alphas)
+    cols = w.shape[1]
+    if draw(st.booleans()):
+        banks = np.arange(cols) % alpha
+    else:
+        banks = np.array(draw(st.lists(st.integers(0, alpha - 1), min_size=cols, max_size=cols)), dtype=np.int64)
+    return w, alpha, draw(bank_gammas), draw(bank_row_blocks), banks
+
+
+def assert_bank_rule(p: Packing, banks) -> None:
+    """Recomputed from the definition: the columns of every group are in pairwise distinct banks."""
+    for a, b, groups in p.blocks:
+        for g in groups:
+            assert len({int(banks[c]) for c in g}) == len(g), (a, b, g, [int(banks[c]) for c in g])
+
+
+def assert_pruning_kept_at_most_one(w: np.ndarray, p: Packing) -> None:
+    assert not (p.mask & (w == 0)).any()
+    for a, b, groups in p.blocks:
+        for g in groups:
+            assert (p.mask[a:b][:, list(g)].sum(axis=1) <= 1).all(), g
+
+
+@SETTINGS
+@given(banked_cases())
+def test_bank_rule_holds_with_every_invariant(case):
+    w, alpha, gamma, row_block, banks = case
+    p = combine_columns(w, alpha, gamma, row_block, banks=banks)
+    assert_valid(w, p, alpha, gamma, row_block)  # budgets, mask semantics, lossless at gamma 0
+    assert_bank_rule(p, banks)
+    check_packing(w * p.mask, p, banks)
+    assert combine_columns(w, alpha, gamma, row_block, banks=torch.from_numpy(banks)) == p
+    assert combine_columns(w, alpha, gamma, row_block, banks=banks.tolist()) == p
+
+
+@SETTINGS
+@given(banked_cases(max_rows=20, max_cols=30))
+def test_bank_rule_in_filling_and_repair_alone(case):
+    """Below 33 columns the greedy merge may replace the result, so check fill and repair directly."""
+    from ccflow.combine import _bank_bits, _block_bounds, _budget, _dissolve, _fill, _pack_blocks
+
+    w, alpha, gamma, row_block, banks = case
+    bounds = _block_bounds(w.shape[0], row_block)
+    bits, counts = _pack_blocks(w != 0, bounds)
+    budgets = np.array([_budget(gamma, b - a, alpha) for a, b in bounds], dtype=np.int64)
+    bankbits = _bank_bits(banks, alpha)
+    filled = _fill(bits, counts, budgets, alpha, bankbits)
+    repaired = _dissolve(bits, counts, budgets, alpha, filled.copy(), bankbits)
+    for gid in (filled, repaired):
+        for blk, (a, b) in enumerate(bounds):
+            assert np.array_equal(gid[blk] >= 0, counts[blk] > 0)
+            for g in np.unique(gid[blk][gid[blk] >= 0]):
+                members = np.flatnonzero(gid[blk] == g)
+                assert len(set(banks[members].tolist())) == len(members) <= alpha
+                assert group_conflicts(w[a:b], members) <= budgets[blk]
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_bank_rule_on_larger_matrices(seed):
+    """More than 32 columns per block (no greedy fallback), so filling and repair decide."""
+    rng = np.random.default_rng(500 + seed)
+    rows, cols = int(rng.integers(20, 120)), int(rng.integers(40, 160))
+    w = random_sparse(rng, rows, cols, rng.uniform(0.02, 0.4))
+    alpha, gamma = [1, 3, 5, 8][seed % 4], [0.0, 0.5, 1.75][seed % 3]
+    row_block = [None, 16][seed // 8]
+    banks = np.arange(cols) % alpha if seed % 2 else rng.integers(0, alpha, cols)
+    p = combine_columns(w, alpha, gamma, row_block, banks=banks)
+    assert_valid(w, p, alpha, gamma, row_block)
+    assert_bank_rule(p, banks)
+    check_packing(w * p.mask, p, banks)
+
+
+@pytest.mark.parametrize("alpha", [9, 16, 17, 40, 64, 65, 130])  # uint16, uint32, uint64, several words
+def test_bank_rule_with_wide_bank_masks(alpha):
+    rng = np.random.default_rng(alpha)
+    cols = max(40, 3 * alpha)  # over 32 nonzero columns: filling and repair decide, not the greedy merge
+    w = random_sparse(rng, 30, cols, 0.05)
+    for banks in (np.arange(cols) % alpha, rng.integers(0, alpha, cols)):
+        for row_block in (None, 15):
+            p = combine_columns(w, alpha, 1.0, row_block, banks=banks)
+            assert_valid(w, p, alpha, 1.0, row_block)
+            assert_bank_rule(p, banks)
+            assert_bank_rule(split_banks(combine_columns(w, alpha, 1.0, row_block), banks), banks)
+
+
+def test_bank_rule_known_answers():
+    w = np.eye(12)  # conflict-free in any grouping: only alpha and the banks limit a group
+    assert combine_columns(w, 4, banks=np.zeros(12, dtype=int)).groups_total == 12  # one bank: singletons
+    p = combine_columns(w, 4, banks=np.arange(12) // 3)  # banks 0,0,0,1,1,1,...: one of each per group
+    assert p.groups_total == 3 and all(len(g) == 4 for g in p.blocks[0][2])
+    assert_bank_rule(p, np.arange(12) // 3)
+    assert combine_columns(w, 1, banks=np.zeros(12, dtype=int)) == combine_columns(w, 1)
+
+
+@SETTINGS
+@given(matrices(max_cols=8), st.integers(1, 8), gammas, row_blocks)
+def test_distinct_banks_are_no_rule(w, alpha, gamma, row_block):
+    """At most alpha columns, all in different banks: the rule constrains nothing, same packing."""
+    cols = w.shape[1]
+    if cols > alpha:
+        w = w[:, :alpha]
+    banks = np.arange(w.shape[1])[::-1].copy()
+    assert combine_columns(w, alpha, gamma, row_block, banks=banks) == combine_columns(w, alpha, gamma, row_block)
+
+
+def test_repair_respects_the_bank_rule():
+    """As in the repair test above, column 3 fits into {0, 1} by conflicts, but bank 0 is taken there."""
+    from ccflow.combine import _bank_bits, _dissolve, _pack_blocks
+
+    nz = np.zeros((40, 4), dtype=bool)
+    nz[0, 0] = nz[39, 1] = nz[0, 2] = nz[20, 2] = nz[20, 3] = True
+    bits, counts = _pack_blocks(nz, [(0, 40)])
+    gid = np.array([[0, 0, 1, 2]])
+    free = _dissolve(bits, counts, np.array([0]), 3, gid.copy(), _bank_bits(np.array([0, 1, 2, 2]), 3))[0]
+    assert free[0] == free[1] == free[3] != free[2]
+    taken = _dissolve(bits, counts, np.array([0]), 3, gid.copy(), _bank_bits(np.array([0, 1, 2, 0]), 3))[0]
+    assert len(set(taken.tolist())) == 3 and taken[0] == taken[1]
+
+
+@SETTINGS
+@given(matrices(max_rows=10, max_cols=9), st.integers(1, 8), gammas, st.data())
+def test_greedy_reference_with_banks_is_the_specified_greedy(w, alpha, gamma, data):
+    banks = np.array(data.draw(st.lists(st.integers(0, alpha - 1), min_size=w.shape[1], max_size=w.shape[1])),
+                     dtype=np.int64)
+    p = greedy_combine_reference(w, alpha, gamma, banks=banks)
+    assert set(p.blocks[0][2]) == naive_greedy_groups(w, alpha, gamma, banks)
+    ours = combine_columns(w, alpha, gamma, banks=banks)
+    assert ours.groups_total <= p.groups_total  # tiny blocks: the banked greedy merge is the fallback
+
+
+# ---------------------------------------------------------------- split_banks
+
+
+@SETTINGS
+@given(banked_cases())
+def test_split_banks_is_lossless_and_obeys_the_rule(case):
+    w, alpha, gamma, row_block, banks = case
+    p = combine_columns(w, alpha, gamma, row_block)  # made without the rule
+    s = split_banks(p, banks)
+    assert np.array_equal(s.mask, p.mask), "splitting must not drop a weight"
+    assert (s.shape, s.alpha, s.gamma, s.row_block) == (p.shape, p.alpha, p.gamma, p.row_block)
+    assert_bank_rule(s, banks)
+    assert_pruning_kept_at_most_one(w, s)
+    check_packing(w * s.mask, s, banks)
+    for (a, b, old), (a2, b2, new) in zip(p.blocks, s.blocks, strict=True):
+        assert (a, b) == (a2, b2)
+        assert [g[0] for g in new] == sorted(g[0] for g in new), "groups ordered by lowest column"
+        for g in old:  # each group becomes exactly the fewest subgroups: its most crowded bank's count
+            parts = [h for h in new if set(h) <= set(g)]
+            assert sorted(c for h in parts for c in h) == list(g)
+            assert len(parts) == max(np.bincount(banks[list(g)]))
+            assert all(budget_ok for budget_ok in
+                       (group_conflicts(w[a:b], h) <= group_conflicts(w[a:b], g) for h in parts))
+    assert split_banks(s, banks) == s
+
+
+@SETTINGS
+@given(banked_cases())
+def test_split_banks_is_the_identity_on_a_banked_packing(case):
+    w, alpha, gamma, row_block, banks = case
+    p = combine_columns(w, alpha, gamma, row_block, banks=banks)
+    assert split_banks(p, banks) == p
+
+
+def test_split_banks_known_answer():
+    w = np.eye(6)
+    p = combine_columns(w, 6)
+    assert p.blocks[0][2] == ((0, 1, 2, 3, 4, 5),)
+    s = split_banks(p, [0, 1, 0, 0, 2, 1])  # greedy, ascending: 0 1 | 2 5 | 3 4 ... first fit per bank
+    assert s.blocks[0][2] == ((0, 1, 4), (2, 5), (3,))
+    assert np.array_equal(s.mask, p.mask)
+
+
+# ---------------------------------------------------------------- bank arguments and check_packing
+
+
+def test_check_packing_names_the_bank_clash():
+    w, p = sample()  # blocks ((0, 1),) on rows 0:2 and ((1, 2),) on rows 2:4
+    check_packing(w * p.mask, p, banks=[0, 1, 0])
+    with pytest.raises(ValueError, match=r"rows 0:2: group 0 \(0, 1\) has columns 0 and 1 both in bank 1"):
+        check_packing(w * p.mask, p, banks=[1, 1, 0])
+    with pytest.raises(ValueError, match=r"rows 2:4: group 0 \(1, 2\) has columns 1 and 2 both in bank 0"):
+        check_packing(w * p.mask, p, banks=np.array([1, 0, 0]))
+    s = split_banks(p, [1, 1, 0])
+    assert s.blocks == ((0, 2, ((0,), (1,))), (2, 4, ((1, 2),)))
+    check_packing(w * s.mask, s, banks=[1, 1, 0])
+
+
+@pytest.mark.parametrize(
+    "banks, match",
+    [
+        ([0, 1, 2], "shape"),  # one short
+        ([0, 1, 2, 3, 0], "shape"),  # one too many
+        (np.zeros((2, 2), dtype=int), "shape"),
+        ([0, 1, 2, 4], r"banks\[3\] = 4 is outside 0..3"),
+        ([0, -1, 2, 3], r"banks\[1\] = -1"),
+        ([0.0, 1.0, 2.0, 3.0], "integers"),
+        ([0, 1.5, 2, 3], "integers"),
+        (np.array([True, False, True, False]), "integers"),
+        (["a", "b", "c", "d"], "integers"),
+    ],
+)
+def test_bad_banks(banks, match):
+    w = np.eye(4)
+    with pytest.raises(ValueError, match=match):
+        combine_columns(w, 4, banks=banks)
+    with pytest.raises(ValueError, match=match):
+        greedy_combine_reference(w, 4, banks=banks)
+    p = combine_columns(w, 4)
+    with pytest.raises(ValueError, match=match):
+        check_packing(w, p, banks=banks)
+    with pytest.raises(ValueError, match=match):
+        split_banks(p, banks)
+
+
+def test_bad_banks_messages_are_one_line_and_name_the_fix():
+    for banks in ([0, 1], [0, 1, 2, 9], [0.5, 1, 2, 3]):
+        with pytest.raises(ValueError) as err:
+            combine_columns(np.eye(4), 4, banks=banks)
+        assert "\n" not in str(err.value) and ("mod alpha" in str(err.value) or "astype" in str(err.value))
+
+
+# ---------------------------------------------------------------- what the rule costs
+
+
+def test_bank_rule_costs_few_groups_and_beats_splitting():
+    """80%-sparse 256x512, alpha 8, gamma 0.5, banks = address mod 8 (docs/combining.md, "Bank rule").
+
+    Measured: 233 groups without the rule, 239 with it (+2.6%), 533 for split_banks of the former.
+    """
+    banks = np.arange(512) % 8
+    plain = banked = split = 0
+    for seed in range(3):
+        w = random_sparse(np.random.default_rng(900 + seed), 256, 512, 0.2)
+        p = combine_columns(w, 8, 0.5)
+        b = combine_columns(w, 8, 0.5, banks=banks)
+        plain += p.groups_total
+        banked += b.groups_total
+        split += split_banks(p, banks).groups_total
+        assert b.groups_total <= 1.15 * p.groups_total, (b.groups_total, p.groups_total)
+    assert banked <= 1.15 * plain and split >= 1.5 * banked, (plain, banked, split)

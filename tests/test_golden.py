@@ -37,13 +37,14 @@ def unpack(design: Design, name: str) -> np.ndarray:
     m = next(m for m in design.matrices if m.name == name)
     rows = design.array.rows
     out = np.zeros((m.n_blocks * rows, m.in_size), dtype=np.int64)
+    column = {int(a): j for j, a in enumerate(m.column_addresses())}
     for t in range(m.tile_start, m.tile_start + m.n_tiles):
         for r in range(rows):
             for c in range(design.array.cols):
                 w = design.tile_weight[t, r, c]
                 b = design.tile_block[t] - m.block_start + (c >= design.tile_split[t])
                 if w:
-                    col = design.tile_addr[t, c, design.tile_sel[t, r, c]] - m.in_base
+                    col = column[int(design.tile_addr[t, c, design.tile_sel[t, r, c]])]
                     assert out[b * rows + r, col] == 0, "a weight is placed twice"
                     out[b * rows + r, col] = w
     return out[: m.rows]

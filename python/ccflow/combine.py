@@ -20,6 +20,13 @@ small blocks we never need more groups than it does; on larger ones we needed
 one more in 2 of 6,000 random matrices and fewer on every benchmark matrix
 (docs/combining.md).
 
+The bank rule (optional, ``banks=``): the hardware reads input slot k of an array column from
+memory bank k, so a group may hold at most one column per bank. Filling then treats a column
+whose bank the open group already holds as infeasible (a per-block bitmask of the open group's
+banks), the repair moves a column only into a group without its bank (per-group bank masks),
+and the greedy merge merges only groups with disjoint banks. :func:`split_banks` splits the
+groups of a packing made without the rule instead (lossless, more groups).
+
 Why this rule: a group's conflicts are ``nonzeros - rows covered``, so a group
 packs the most weights within its budget when its columns cover complementary
 rows; "most new rows covered" is exactly that marginal gain (it is the choice
@@ -50,7 +57,7 @@ from numbers import Integral, Real
 import numpy as np
 
 __all__ = [
-    "Packing", "combine_columns", "conflicts", "check_packing", "greedy_combine_reference",
+    "Packing", "combine_columns", "conflicts", "check_packing", "split_banks", "greedy_combine_reference",
     "lstm_matrix", "lstm_unmatrix", "linear_matrix", "conv2d_matrix", "conv2d_unmatrix",
 ]
 
@@ -173,6 +180,39 @@ def _check_params(alpha, gamma, row_block) -> None:
         raise ValueError(f"row_block={row_block!r} must be None (no row split) or an int >= 1 (array rows)")
 
 
+def _check_banks(banks, cols: int, alpha: int) -> np.ndarray | None:
+    """``banks`` as an int64 vector of length ``cols`` with values in 0..alpha-1 (None stays None)."""
+    if banks is None:
+        return None
+    b = _to_numpy(banks)
+    if b.ndim != 1 or b.shape[0] != cols:
+        raise ValueError(f"banks has shape {b.shape}, expected ({cols},): one bank per matrix column "
+                         f"(bank = address mod alpha, e.g. np.arange({cols}) % {alpha})")
+    if b.size and b.dtype.kind not in "iu":
+        raise ValueError(f"banks must be integers (bank = address mod alpha), got dtype {b.dtype}; "
+                         "pass an int array, e.g. banks.astype(int)")
+    b = b.astype(np.int64)
+    bad = (b < 0) | (b >= alpha)
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise ValueError(f"banks[{j}] = {int(b[j])} is outside 0..{alpha - 1}: banks must be in 0..alpha-1 "
+                         f"for alpha={alpha} (bank = address mod alpha)")
+    return b
+
+
+def _bank_bits(banks: np.ndarray, alpha: int) -> np.ndarray:
+    """One-hot bank bitmasks, (words, cols): bit ``banks[j] % width`` of word ``banks[j] // width``.
+
+    The narrowest unsigned word that holds alpha bits (uint8 up to alpha 8); several uint64 words
+    only past 64 banks.
+    """
+    width = next((w for w in (8, 16, 32) if alpha <= w), 64)
+    word = np.dtype(f"uint{width}")
+    out = np.zeros((-(-alpha // width), banks.shape[0]), dtype=word)
+    out[banks // width, np.arange(banks.shape[0])] = np.left_shift(1, banks % width).astype(word)
+    return out
+
+
 def _budget(gamma: float, rows: int, alpha: int) -> int:
     """Conflicts allowed per group: floor(gamma * rows); a group can't exceed rows * (alpha - 1) anyway."""
     cap = rows * max(alpha - 1, 0)
@@ -195,19 +235,27 @@ def conflicts(weight, group, rows=slice(None)) -> int:
     return int(np.maximum(per_row - 1, 0).sum())
 
 
-def combine_columns(weight, alpha: int, gamma: float = 0.0, row_block: int | None = None) -> Packing:
-    """Group the columns of ``weight`` (per row block) and combine-prune; deterministic."""
+def combine_columns(weight, alpha: int, gamma: float = 0.0, row_block: int | None = None,
+                    banks=None) -> Packing:
+    """Group the columns of ``weight`` (per row block) and combine-prune; deterministic.
+
+    ``banks`` (optional, one int in 0..alpha-1 per column, e.g. ``address mod alpha``): the bank
+    rule, every group holds at most one column per bank (the hardware reads input slot k of an
+    array column from bank k). None: no rule.
+    """
     w = _as_matrix(weight)
     _check_params(alpha, gamma, row_block)
+    banks = _check_banks(banks, w.shape[1], alpha)
+    bankbits = None if banks is None else _bank_bits(banks, alpha)
     bounds = _block_bounds(w.shape[0], row_block)
     nz = w != 0
     bits, counts = _pack_blocks(nz, bounds)
     budgets = np.array([_budget(gamma, b - a, alpha) for a, b in bounds], dtype=np.int64)
-    gid = _fill(bits, counts, budgets, alpha)
-    gid = _dissolve(bits, counts, budgets, alpha, gid)
+    gid = _fill(bits, counts, budgets, alpha, bankbits)
+    gid = _dissolve(bits, counts, budgets, alpha, gid, bankbits)
     for blk in np.flatnonzero((counts > 0).sum(axis=1) <= _SMALL):  # tiny blocks: greedy is cheap there
         a, b = bounds[blk]
-        theirs = _greedy_block(nz[a:b], alpha, int(budgets[blk]))
+        theirs = _greedy_block(nz[a:b], alpha, int(budgets[blk]), banks)
         if _ngroups(theirs) < _ngroups(gid[blk]):
             gid[blk] = theirs
     return _packing(w, alpha, gamma, row_block, bounds, gid, conflict_free=not budgets.any())
@@ -268,7 +316,7 @@ class _Scan:
     elementwise op writes into a buffer that lives until the next compaction.
     """
 
-    def __init__(self, shape: tuple[int, int, int], word, key_t) -> None:
+    def __init__(self, shape: tuple[int, int, int], word, key_t, bankbits=None) -> None:
         nb, words, m = shape
         self.common = np.empty(shape, dtype=word)
         self.pop = np.empty(shape, dtype=np.uint8)
@@ -277,26 +325,39 @@ class _Scan:
         self.added = self.pop[:, 0] if words == 1 else np.empty((nb, m), dtype=added_t)
         self.gain = np.empty((nb, m), dtype=key_t)
         self.fits = np.empty((nb, m), dtype=bool)
+        if bankbits is not None:  # bank rule: (nb, bank words, m) bank bits of each candidate
+            self.hit = np.empty(bankbits.shape, dtype=bankbits.dtype)
 
-    def gains(self, bits, support, score, room) -> tuple[np.ndarray, np.ndarray]:
-        """(1 + rows newly covered, or 0 where infeasible or placed; conflicts added) per column."""
+    def gains(self, bits, support, score, room, bankbits=None, used=None) -> tuple[np.ndarray, np.ndarray]:
+        """(1 + rows newly covered, or 0 where infeasible or placed; conflicts added) per column.
+
+        With ``bankbits`` a column whose bank is in ``used`` (the open group's banks) is infeasible.
+        """
         np.bitwise_and(bits, support[:, :, None], out=self.common)
         np.bitwise_count(self.common, out=self.pop)
         if self.pop.shape[1] > 1:
             np.add.reduce(self.pop, axis=1, dtype=self.added.dtype, out=self.added)
         np.subtract(score, self.added, out=self.gain, casting="unsafe")  # added <= count: no wrap
         np.less_equal(self.added, room[:, None], out=self.fits)
+        if bankbits is not None:
+            np.bitwise_and(bankbits, used[:, :, None], out=self.hit)
+            hit = self.hit[:, 0] if self.hit.shape[1] == 1 else np.bitwise_or.reduce(self.hit, axis=1)
+            fits = self.fits.view(np.uint8)
+            np.less(hit, fits, out=fits, casting="unsafe")  # hit < fits: fits and no bank hit; one pass
         np.multiply(self.gain, self.fits, out=self.gain, casting="unsafe")
         return self.gain, self.added
 
 
-def _fill(bits: np.ndarray, counts: np.ndarray, budgets: np.ndarray, alpha: int) -> np.ndarray:
+def _fill(bits: np.ndarray, counts: np.ndarray, budgets: np.ndarray, alpha: int,
+          bankbits: np.ndarray | None = None) -> np.ndarray:
     """Sequential filling, all blocks in lockstep. Returns group ids (blocks, cols); -1 = all-zero column.
 
     Each step every block with columns left either adds its best feasible column to its open group
     or, when none fits, closes the group and opens a new one with its densest remaining column.
     The score of a column is 1 + rows it would newly cover (0 = not a candidate); a placed column's
     bits and score are zeroed, so it scores 0 without a separate mask, in the narrowest unsigned type.
+    With ``bankbits`` (bank words, cols) each block keeps the bank bitmask of its open group, and a
+    column whose bank bit is in it does not fit (the bank rule); the bits follow the compaction.
     """
     nb, words, n = bits.shape
     top = counts.max(initial=0)
@@ -311,7 +372,10 @@ def _fill(bits: np.ndarray, counts: np.ndarray, budgets: np.ndarray, alpha: int)
     size = np.full(nb, alpha, dtype=np.int64)  # "full": the first step opens a group
     opened = np.zeros(nb, dtype=np.int64)
     rows = np.arange(nb)
-    scan = _Scan(bits.shape, bits.dtype, key_t)
+    if bankbits is not None:  # (nb, bank words, cols): read-only view until the first compaction
+        bankbits = np.broadcast_to(bankbits, (nb,) + bankbits.shape)
+        used = np.zeros((nb, bankbits.shape[1]), dtype=bankbits.dtype)  # banks of the open group
+    scan = _Scan(bits.shape, bits.dtype, key_t, bankbits)
     room_max = np.iinfo(scan.added.dtype).max
     while True:
         live = np.flatnonzero(nleft)  # finished blocks keep computing (harmlessly) but record nothing
@@ -322,9 +386,14 @@ def _fill(bits: np.ndarray, counts: np.ndarray, budgets: np.ndarray, alpha: int)
             keep = np.argsort(score == 0, axis=1, kind="stable")[:, :m]
             bits = np.take_along_axis(bits, keep[:, None, :], axis=2)
             score, col = np.take_along_axis(score, keep, axis=1), np.take_along_axis(col, keep, axis=1)
-            scan = _Scan(bits.shape, bits.dtype, key_t)
+            if bankbits is not None:
+                bankbits = np.take_along_axis(bankbits, keep[:, None, :], axis=2)
+            scan = _Scan(bits.shape, bits.dtype, key_t, bankbits)
         room = np.minimum(budgets - conf, room_max).astype(scan.added.dtype)  # conflicts still allowed
-        gain, added = scan.gains(bits, support, score, room)
+        if bankbits is None:
+            gain, added = scan.gains(bits, support, score, room)
+        else:
+            gain, added = scan.gains(bits, support, score, room, bankbits, used)
         pick = gain.argmax(axis=1)
         grow = (gain[rows, pick] > 0) & (size < alpha)
         if not grow.all():  # nothing fits: the densest left column opens a new group
@@ -332,6 +401,9 @@ def _fill(bits: np.ndarray, counts: np.ndarray, budgets: np.ndarray, alpha: int)
             pick[fresh] = score[fresh].argmax(axis=1)
         chosen = bits[rows, :, pick]
         support = np.where(grow[:, None], support | chosen, chosen)
+        if bankbits is not None:
+            bank = bankbits[rows, :, pick]
+            used = np.where(grow[:, None], used | bank, bank)
         conf = np.where(grow, conf + added[rows, pick], 0)
         size = np.where(grow, size + 1, 1)
         opened += ~grow
@@ -361,13 +433,15 @@ _SMALL = 32  # blocks with at most this many nonzero columns also try the greedy
 _VICTIMS = 32  # groups per block the repair tries to empty, smallest first: bounds its cost
 
 
-def _dissolve(bits, counts, budgets, alpha, gid) -> np.ndarray:
+def _dissolve(bits, counts, budgets, alpha, gid, bankbits=None) -> np.ndarray:
     """Repair sweep: try to empty the smallest groups into groups that still have room.
 
     A group's columns move one at a time to the feasible group they add the fewest conflicts to;
     if any column fits nowhere, that block's attempt is rolled back. Blocks run in lockstep again.
     It saves a group in a few percent of small and mid-sized blocks (0.3% of all groups on random
-    33-200 column matrices), rarely anything on large random ones.
+    33-200 column matrices), rarely anything on large random ones. With ``bankbits`` (bank words,
+    cols) every group keeps the bank mask of its columns, and a column moves only into a group
+    that does not hold its bank yet.
     """
     members = _members(gid, alpha)
     nb, G, _ = members.shape
@@ -384,6 +458,10 @@ def _dissolve(bits, counts, budgets, alpha, gid) -> np.ndarray:
     # room[b, g]: conflicts group g can still take, -1 if it takes no column (full, or gone)
     room = budgets[:, None] - (total - np.bitwise_count(support).sum(axis=2, dtype=np.int64))
     room = np.where((size > 0) & (size < alpha), room, -1)
+    if bankbits is not None:
+        colbanks = bankbits.T  # (cols, bank words)
+        gbanks = np.zeros((nb, G, colbanks.shape[1]), dtype=colbanks.dtype)  # banks each group holds
+        np.bitwise_or.at(gbanks, (b_idx, g_idx), colbanks[c_idx])
     blocks = np.arange(nb)
     victims = np.argsort(np.where(size > 0, size, alpha + 1), axis=1, kind="stable")[:, :_VICTIMS]
     for v in victims.T:
@@ -392,7 +470,7 @@ def _dissolve(bits, counts, budgets, alpha, gid) -> np.ndarray:
             continue
         saved_room = room[blocks, v].copy()
         room[blocks, v] = -1  # a group does not take its own columns
-        undo = []  # (blocks, group, support, room, size) before each move
+        undo = []  # (blocks, group, support, room, size, banks) before each move
         for slot in range(alpha):
             c = members[blocks, v, slot]
             act = np.flatnonzero(trying & (c >= 0))
@@ -400,21 +478,29 @@ def _dissolve(bits, counts, budgets, alpha, gid) -> np.ndarray:
                 break
             cb = bits[act, c[act]]
             added = _overlap(support[act], cb[:, None, :])
-            k = np.where(added <= room[act], added, np.iinfo(np.int64).max).argmin(axis=1)
+            ok = added <= room[act]
+            if bankbits is not None:  # the bank rule: only into groups without this column's bank
+                ok &= ~(gbanks[act] & colbanks[c[act]][:, None, :]).any(axis=2)
+            k = np.where(ok, added, np.iinfo(np.int64).max).argmin(axis=1)
             r = np.arange(act.size)
-            fits = added[r, k] <= room[act, k]
+            fits = ok[r, k]
             trying[act[~fits]] = False
             a, k, r = act[fits], k[fits], r[fits]
-            undo.append((a, k, support[a, k], room[a, k], size[a, k]))
+            undo.append((a, k, support[a, k], room[a, k], size[a, k],
+                         None if bankbits is None else gbanks[a, k]))
+            if bankbits is not None:
+                gbanks[a, k] |= colbanks[c[a]]
             support[a, k] |= cb[r]
             size[a, k] += 1
             room[a, k] = np.where(size[a, k] < alpha, room[a, k] - added[r, k], -1)
             members[a, k, size[a, k] - 1] = c[a]
-        for a, k, sup, rm, sz in reversed(undo):  # roll back blocks where some column did not fit
+        for a, k, sup, rm, sz, gb in reversed(undo):  # roll back blocks where some column did not fit
             bad = ~trying[a]
             a, k = a[bad], k[bad]
             members[a, k, sz[bad]] = -1
             support[a, k], room[a, k], size[a, k] = sup[bad], rm[bad], sz[bad]
+            if gb is not None:
+                gbanks[a, k] = gb[bad]
         room[blocks, v] = np.where(trying, -1, saved_room)
         done = np.flatnonzero(trying)
         size[done, v[done]] = 0
@@ -487,12 +573,14 @@ def _prune_mask(w: np.ndarray, tables: np.ndarray, block_rows: int) -> np.ndarra
 # ---------------------------------------------------------------- checking a packing
 
 
-def check_packing(weight, packing: Packing) -> None:
+def check_packing(weight, packing: Packing, banks=None) -> None:
     """Raise ValueError naming the first violated invariant; return None if the packing is sound.
 
     ``weight`` may be the matrix as combined or as trained/quantized afterwards: weights may have
     become zero since (a grouped column may be all zero now), but a nonzero outside ``packing.mask``
-    means combine-pruning was not applied, and the hardware would silently drop it.
+    means combine-pruning was not applied, and the hardware would silently drop it. With ``banks``
+    (as for :func:`combine_columns`) it also checks the bank rule: no two columns of a group in one
+    bank.
     """
     w = _as_matrix(weight)
     p = packing
@@ -501,6 +589,7 @@ def check_packing(weight, packing: Packing) -> None:
     if p.mask.shape != w.shape or p.mask.dtype != bool:
         raise ValueError(f"packing.mask must be bool of shape {w.shape}, got {p.mask.dtype} {p.mask.shape}")
     _check_params(p.alpha, p.gamma, p.row_block)
+    banks = _check_banks(banks, w.shape[1], p.alpha)
     bounds = [(a, b) for a, b, _ in p.blocks]
     if bounds != _block_bounds(w.shape[0], p.row_block):
         raise ValueError(f"packing.blocks rows {bounds} do not split {w.shape[0]} rows into "
@@ -525,6 +614,17 @@ def check_packing(weight, packing: Packing) -> None:
         seen = np.bincount(flat, minlength=cols)
         if (seen > 1).any():
             raise ValueError(f"{where}: column(s) {np.flatnonzero(seen > 1)[:8].tolist()} in more than one group")
+        if banks is not None and flat.size:
+            gidx = np.repeat(np.arange(len(groups)), sizes)
+            key = gidx * p.alpha + banks[flat]
+            order = np.argsort(key, kind="stable")  # a group's columns in one bank become neighbours
+            dup = np.flatnonzero(key[order][1:] == key[order][:-1])
+            if dup.size:
+                i, j = order[dup[0]], order[dup[0] + 1]
+                g = int(gidx[i])
+                raise ValueError(f"{where}: group {g} {groups[g]} has columns {int(flat[i])} and {int(flat[j])} "
+                                 f"both in bank {int(banks[flat[i]])}; the bank rule allows one column per bank "
+                                 "(combine with banks=..., or split_banks an old packing)")
         if flat.size:
             taken = p.mask[a:b][:, flat].view(np.uint8)
             kept = np.add.reduceat(taken, starts, axis=1, dtype=np.int32) if b > a else np.zeros((0, 0))
@@ -538,10 +638,58 @@ def check_packing(weight, packing: Packing) -> None:
                              "but are in no group (groups must cover every nonzero column)")
 
 
+# ---------------------------------------------------------------- the bank rule for old packings
+
+
+def split_banks(packing: Packing, banks) -> Packing:
+    """Split every group whose columns share a bank into the fewest subgroups with distinct banks.
+
+    For packings made without the bank rule (older checkpoints). Greedy: each member, in ascending
+    column order, goes to the first subgroup that does not hold its bank yet, so a group needs as
+    many subgroups as its most crowded bank has members (the fewest possible). A block with a split
+    has its groups reordered by lowest column, as :func:`combine_columns` orders them; other blocks
+    come back as they are, so a packing that obeys the rule comes back equal. The mask is unchanged:
+    a subgroup keeps at most the one weight per row its group kept, so splitting never drops one.
+    """
+    banks = _check_banks(banks, packing.shape[1], packing.alpha)
+    cols = packing.shape[1]
+    blocks = []
+    for a, b, groups in packing.blocks:
+        sizes = np.fromiter((len(g) for g in groups), dtype=np.int64, count=len(groups))
+        flat = np.fromiter((c for g in groups for c in g), dtype=np.int64, count=int(sizes.sum()))
+        if flat.size and (flat.min() < 0 or flat.max() >= cols):
+            raise ValueError(f"rows {a}:{b}: a group has columns outside 0..{cols - 1}; "
+                             "check_packing names what is wrong with this packing")
+        key = np.repeat(np.arange(len(groups)), sizes) * packing.alpha + banks[flat]
+        key.sort()
+        clashing = set((key[1:][key[1:] == key[:-1]] // packing.alpha).tolist())
+        if not clashing:  # nothing to split: the block as it is
+            blocks.append((a, b, groups))
+            continue
+        out = []
+        for i, g in enumerate(groups):
+            if i not in clashing:
+                out.append(tuple(g))
+                continue
+            subs: list[list[int]] = []
+            seen: dict[int, int] = {}  # bank -> members so far = the subgroup its next member goes to
+            for c in sorted(g):
+                k = seen.get(int(banks[c]), 0)
+                seen[int(banks[c])] = k + 1
+                if k == len(subs):
+                    subs.append([])
+                subs[k].append(int(c))
+            out.extend(tuple(s) for s in subs)
+        out.sort(key=lambda s: s[0] if s else -1)  # stable: by lowest column, as combine_columns orders groups
+        blocks.append((a, b, tuple(out)))
+    return Packing(packing.shape, packing.alpha, packing.gamma, packing.row_block, tuple(blocks), packing.mask)
+
+
 # ---------------------------------------------------------------- the reference greedy merge
 
 
-def greedy_combine_reference(weight, alpha: int, gamma: float = 0.0, row_block: int | None = None) -> Packing:
+def greedy_combine_reference(weight, alpha: int, gamma: float = 0.0, row_block: int | None = None,
+                             banks=None) -> Packing:
     """The classic greedy merge, for comparison: slow, simple, and the yardstick in tests and the bench.
 
     Start with every nonzero column as its own group; repeatedly merge the feasible pair of groups
@@ -549,22 +697,26 @@ def greedy_combine_reference(weight, alpha: int, gamma: float = 0.0, row_block: 
     partner, a group being named by its lowest column); stop when no pair is feasible. Merged
     conflicts are conf(A) + conf(B) + |rows(A) & rows(B)|, so only the merged group's row of the
     pairwise table changes after a merge; the decisions equal those of recomputing every pair.
+    With ``banks`` (as for :func:`combine_columns`) only groups with disjoint banks merge.
     """
     w = _as_matrix(weight)
     _check_params(alpha, gamma, row_block)
+    banks = _check_banks(banks, w.shape[1], alpha)
     bounds = _block_bounds(w.shape[0], row_block)
     gid = np.full((len(bounds), w.shape[1]), -1, dtype=np.int64)
     for blk, (a, b) in enumerate(bounds):
-        gid[blk] = _greedy_block(w[a:b] != 0, alpha, _budget(gamma, b - a, alpha))
+        gid[blk] = _greedy_block(w[a:b] != 0, alpha, _budget(gamma, b - a, alpha), banks)
     return _packing(w, alpha, gamma, row_block, bounds, gid)
 
 
-def _greedy_block(nz: np.ndarray, alpha: int, budget: int) -> np.ndarray:
+def _greedy_block(nz: np.ndarray, alpha: int, budget: int, banks: np.ndarray | None = None) -> np.ndarray:
     """The greedy merge on one block: group id per column (-1 = all zero).
 
     Slot i holds the group whose lowest column is the i-th nonzero column; a merge keeps the lower
     slot. Each slot remembers its best partner among higher slots, so a merge only recomputes the
     merged slot and the slots whose best partner it was: same decisions as rescanning every pair.
+    With ``banks``, ``clash[i, j]`` counts the banks two slots share and a merge needs it 0; it is
+    kept up to date like ``overlap``.
     """
     cols = np.flatnonzero(nz.any(axis=0))
     n = len(cols)
@@ -575,6 +727,9 @@ def _greedy_block(nz: np.ndarray, alpha: int, budget: int) -> np.ndarray:
     overlap = (dense @ dense.T).astype(np.int64)  # rows two columns share (exact below 2**24 rows)
     del dense
     sup = _pack_blocks(nz[:, cols], [(0, nz.shape[0])])[0][0].T.copy()  # (n, words) row supports
+    if banks is not None:
+        hot = banks[cols][:, None] == np.arange(alpha)  # (n, alpha): the banks each slot holds
+        clash = hot.astype(np.int64) @ hot.T.astype(np.int64)
     conf = np.zeros(n, dtype=np.int64)
     size = np.ones(n, dtype=np.int64)
     alive = np.ones(n, dtype=bool)
@@ -586,6 +741,8 @@ def _greedy_block(nz: np.ndarray, alpha: int, budget: int) -> np.ndarray:
         merged = conf[rows, None] + conf[None, :] + overlap[rows]
         joint = size[rows, None] + size[None, :]
         ok = (slots > rows[:, None]) & alive & (joint <= alpha) & (merged <= budget)
+        if banks is not None:
+            ok &= clash[rows] == 0
         return np.where(ok, merged * (2 * alpha + 1) + joint, never)
 
     best_k = np.empty(n, dtype=np.int64)
@@ -609,12 +766,18 @@ def _greedy_block(nz: np.ndarray, alpha: int, budget: int) -> np.ndarray:
         owner[owner == j] = i
         sup[i] |= sup[j]
         overlap[i, :] = overlap[:, i] = _overlap(sup, sup[i])
+        if banks is not None:
+            hot[i] |= hot[j]
+            clash[i, :] = clash[:, i] = (hot & hot[i]).sum(axis=1)
         stale = np.flatnonzero(alive & ((best_j == i) | (best_j == j) | (slots == i)))
         refresh(stale)
         low = np.flatnonzero(alive[:i])  # lower slots: (x, i) is a new candidate for them
         low = low[~np.isin(low, stale)]
         merged, joint = conf[low] + conf[i] + overlap[low, i], size[low] + size[i]
-        k = np.where((joint <= alpha) & (merged <= budget), merged * (2 * alpha + 1) + joint, never)
+        feasible = (joint <= alpha) & (merged <= budget)
+        if banks is not None:
+            feasible &= clash[low, i] == 0
+        k = np.where(feasible, merged * (2 * alpha + 1) + joint, never)
         better = (k < best_k[low]) | ((k == best_k[low]) & (i < best_j[low]))
         best_k[low[better]], best_j[low[better]] = k[better], i
     out[cols] = owner

@@ -7,9 +7,14 @@ Saved as ``design.npz`` next to ``array_config.json``.
 
 Layout (docs/hardware.md has the cycle-level story):
 
-* **Activation memory** ``act``: ``[emb (E) | h_0 (H_0) | ... | h_{L-1}]``, so
-  LSTM layer l's input ``[x; h_l]`` is the contiguous slice starting at
-  ``MatrixInfo.in_base``, and the decoder reads ``h_{L-1}``.
+* **Activation memory** ``act``: ``[emb (E) | h_0 (H_0) | ... | h_{L-1}]``, every
+  region padded to a multiple of ``alpha`` words (:func:`act_layout`). The hardware
+  keeps it in ``alpha`` banks, address a in bank ``a mod alpha`` at word
+  ``a div alpha``, and array input slot k always reads bank k, so every group holds
+  at most one column per bank (the bank rule of column combining). LSTM layer l
+  reads ``[x; h_l]``: matrix column j < ``in_x`` is act address ``in_base + j`` (x),
+  column j >= ``in_x`` is ``out_base + j - in_x`` (its own h); the decoder reads
+  ``h_{L-1}`` (``in_x = in_size``). :meth:`MatrixInfo.column_addresses` says it once.
 * **Tiles**: every matrix is cut into row blocks of ``rows`` rows, each block
   into its column groups; the groups of a matrix's blocks, in order, are dealt
   into tiles of ``cols`` array columns. Tile t holds a weight and a select per
@@ -43,8 +48,9 @@ class MatrixInfo:
     name: str  # "lstm0", ..., "decoder"
     kind: str  # "lstm" or "decoder"
     rows: int  # logical rows: 4H for an LSTM layer, V for the decoder
-    in_base: int  # act address of matrix column 0
+    in_base: int  # act address of matrix column 0 (the x region)
     in_size: int  # columns: I + H for an LSTM layer, E for the decoder
+    in_x: int  # columns read from the x region; the rest read the layer's own h at out_base
     hidden: int  # H (LSTM), 0 for the decoder
     out_base: int  # act address where this layer's h is committed (LSTM), -1 for the decoder
     cell_base: int  # first cell-state address of this layer (LSTM), -1 for the decoder
@@ -55,6 +61,37 @@ class MatrixInfo:
     dense_cells: int  # rows x in_size, the cells a dense array would spend
     packed_cells: int  # sum over blocks of rows x groups actually packed (padding excluded)
     nnz: int  # nonzero int weights
+
+    def column_addresses(self) -> np.ndarray:
+        """Act address of every matrix column: x from in_base, then the layer's own h from out_base."""
+        j = np.arange(self.in_size)
+        return np.where(j < self.in_x, self.in_base + j, self.out_base + j - self.in_x)
+
+
+def round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def act_layout(emsize: int, hidden: list[int], alpha: int, units: int) -> dict:
+    """Where everything lives: act region bases (each padded to alpha words: one bank row per
+    alpha words) and cell-state bases (each padded to whole row blocks of ``units`` units)."""
+    sizes = [round_up(emsize, alpha)] + [round_up(h, alpha) for h in hidden]
+    act_base = np.cumsum([0] + sizes).tolist()  # region r starts at act_base[r]; emb is region 0
+    cells = [round_up(h, units) for h in hidden]
+    cell_base = np.cumsum([0] + cells).tolist()
+    return {"act_base": act_base[:-1], "act_size": act_base[-1], "cell_base": cell_base[:-1],
+            "cell_size": cell_base[-1]}
+
+
+def column_banks(in_x: int, in_size: int, alpha: int) -> np.ndarray:
+    """The act bank each matrix column is read from: the bank rule of column combining.
+
+    Regions start at multiples of alpha (:func:`act_layout`), so x column j is in bank
+    j mod alpha and own-h column j in bank (j - in_x) mod alpha. Training combines with
+    these banks (``combine_columns(..., banks=...)``) so the packing maps onto the banks as is.
+    """
+    j = np.arange(in_size)
+    return np.where(j < in_x, j, j - in_x) % alpha
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_DIR = Path(os.environ.get("CCFLOW_RTL_TEMPLATES", REPO_ROOT / "rtl_templates"))
 
 # .mem file -> (Design array, bits per field, signed); the word layouts of docs/hardware.md.
-MEM_FILES = ("weights.mem", "selects.mem", "addrs.mem", "tiles.mem", "bias.mem", "shift.mem",
-             "embedding.mem", "sigmoid.mem", "tanh.mem")
+MEM_FILES = ("weights.mem", "selects.mem", "addrs.mem", "tiles.mem", "bias.mem", "shift.mem", "blocks.mem",
+             "matrices.mem", "embedding.mem", "sigmoid.mem", "tanh.mem")
 
 
 class RenderError(RuntimeError):
@@ -60,30 +60,36 @@ def psum_bits(array) -> int:
 
 
 def rtl_context(design: Design) -> dict:
-    """Every number the templates use, derived from the design (nothing is written down twice)."""
+    """Every number the templates use, derived from the design (nothing is written down twice).
+
+    The templates see sizes and widths only: where each matrix, row block and LSTM unit lives is
+    data in the descriptor ROMs (``matrices.mem``, ``blocks.mem``, ``tiles.mem``), so the Verilog
+    of two models of the same shape on the same array differs only in its header's sizes.
+    """
     arr, fmt = design.array, design.array.formats
     rows, cols, alpha = arr.rows, arr.cols, arr.alpha
     units = rows // 4
+    if units > alpha:
+        raise RenderError(f"array.rows={rows} needs alpha >= rows/4 = {units}: the pointwise unit writes rows/4 "
+                          f"hidden values per cycle, one per act bank, and there are alpha={alpha} banks; "
+                          f"raise array.alpha or lower array.rows")
     n_mats = len(design.matrices)
+    n_layers = len(design.lstm_layers)
     block_bits = bits_for(design.n_blocks)
     shift_bits = max(1, int(max(fmt.max_shift, int(design.block_shift.max()))).bit_length())
     psum = psum_bits(arr)
-    addr_bits = bits_for(design.act_size)
-    cell_addr_bits = bits_for(design.cell_size)
-    # Pointwise lane arithmetic: unit = local_block * units + lane, exact in unit_bits.
-    unit_bits = block_bits + max(1, units.bit_length())
-    matrices = []
-    for k, m in enumerate(design.matrices):
-        matrices.append(dict(
-            index=k, name=m.name, kind=m.kind, rows=m.rows, hidden=m.hidden,
-            in_base=m.in_base, out_base=m.out_base, cell_base=m.cell_base,
-            tile_first=m.tile_start, tile_last=m.tile_start + m.n_tiles - 1, n_tiles=m.n_tiles,
-            block_first=m.block_start, block_last=m.block_start + m.n_blocks - 1, n_blocks=m.n_blocks))
-    dec = matrices[-1]
-    dec_blocks = []
-    for b in range(dec["n_blocks"]):
-        lo = b * rows
-        dec_blocks.append(dict(block=dec["block_first"] + b, lo=lo, n=min(rows, design.vocab_size - lo)))
+    tree_levels = bits_for(cols) if cols > 1 else 0
+    local_bits = bits_for(design.act_size // alpha)
+    cell_words = max(1, design.cell_size // units)
+    dec = design.decoder
+    dec_blocks = [dict(slot=b, lo=b * rows, n=min(rows, design.vocab_size - b * rows)) for b in range(dec.n_blocks)]
+    real_bits = units.bit_length()
+    index_bits = max(bits_for(cell_words), bits_for(dec.n_blocks))
+    bd_index = 2 + real_bits
+    bd_mat = bd_index + index_bits
+    bd_bank = bd_mat + bits_for(n_mats)
+    bd_word = bd_bank + bits_for(alpha)
+    emb_words = design.lstm_layers[0].out_base // alpha  # the embedding region, padded to whole bank rows
     ctx = dict(
         rows=rows, cols=cols, alpha=alpha, sel_bits=arr.sel_bits, units=units, cells=arr.cells,
         weight_bits=fmt.weight_bits, act_bits=fmt.act_bits, act_frac=fmt.act_frac, acc_bits=fmt.acc_bits,
@@ -93,21 +99,81 @@ def rtl_context(design: Design) -> dict:
         sum_bits=max(fmt.acc_bits, psum) + 1,  # bias/accumulator + row sum, before saturation
         rq_bits=max(fmt.acc_bits, (1 << shift_bits) - 1) + 2,  # round_shift of an accumulator
         vocab=design.vocab_size, tok_bits=bits_for(design.vocab_size), emsize=design.emsize,
-        act_size=design.act_size, addr_bits=addr_bits, cell_size=design.cell_size, cell_addr_bits=cell_addr_bits,
+        act_size=design.act_size, bank_bits=bits_for(alpha), local_bits=local_bits,
+        emb_words=emb_words, emb_word_bits=bits_for(emb_words),
+        cell_size=design.cell_size, cell_words=cell_words, cell_word_bits=bits_for(cell_words),
         n_tiles=design.n_tiles, tile_bits=bits_for(design.n_tiles),
         n_blocks=design.n_blocks, block_bits=block_bits,
-        n_mats=n_mats, mat_bits=bits_for(n_mats), n_layers=len(design.lstm_layers),
-        unit_bits=unit_bits,
-        cidx_bits=max(unit_bits, cell_addr_bits) + 1,  # cell-state index of a lane (padding lanes included)
-        haddr_bits=max(unit_bits, addr_bits) + 1,  # activation address of a lane's h
+        n_mats=n_mats, mat_bits=bits_for(n_mats), n_layers=n_layers, layer_bits=bits_for(n_layers),
+        tree_levels=tree_levels, tree_stages=max(1, tree_levels),
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
         acc_event_bits=(3 * rows).bit_length(), pw_event_bits=(2 * units).bit_length(),
-        dec_rows=min(rows, design.vocab_size),
-        matrices=matrices, lstm=[m for m in matrices if m["kind"] == "lstm"], dec=dec, dec_blocks=dec_blocks,
+        real_bits=real_bits, index_bits=index_bits, bd_index=bd_index, bd_mat=bd_mat, bd_bank=bd_bank,
+        bd_word=bd_word, bdesc_bits=bd_word + local_bits,
+        tok_bytes=-(-bits_for(design.vocab_size) // 8), logit_bytes=-(-design.vocab_size * fmt.act_bits // 8),
+        dec_blocks=dec_blocks,
+        matrices=[dict(name=m.name, tile_first=m.tile_start, tile_last=m.tile_start + m.n_tiles - 1,
+                       block_first=m.block_start, block_last=m.block_start + m.n_blocks - 1, in_base=m.in_base,
+                       kind=m.kind, hidden=m.hidden, out_base=m.out_base, cell_base=m.cell_base)
+                  for m in design.matrices],
         packed_cells=design.packed_cells, ideal_cycles=design.ideal_cycles,
     )
     ctx["tile_meta_bits"] = block_bits + 2 + ctx["split_bits"]
     return ctx
+
+
+def token_interval(design: Design) -> int:
+    """Cycles between two tokens of the generated top without stalls (docs/hardware.md, Cycles per token).
+
+    One tile per cycle, plus, after each LSTM layer's last tile, the pipeline depth until its last
+    h is written (TREE_STAGES + 11 idle cycles: the next layer reads that h), plus the part of the
+    next token's embedding load that the decoder's tiles do not cover: the loader takes the token
+    one cycle after the decoder's first tile and needs emb_words + 2 cycles to have it in the banks.
+    """
+    ctx = rtl_context(design)
+    gap = ctx["tree_stages"] + 11
+    exposed = max(0, ctx["emb_words"] + 3 - design.decoder.n_tiles)
+    return design.n_tiles + len(design.lstm_layers) * gap + exposed
+
+
+def block_descriptors(design: Design) -> np.ndarray:
+    """blocks.mem fields per row block: [lstm, last, real units, index, matrix, h bank, h word]."""
+    units, alpha = design.array.rows // 4, design.array.alpha
+    out = np.zeros((design.n_blocks, 7), dtype=np.int64)
+    for k, m in enumerate(design.matrices):
+        for b in range(m.n_blocks):
+            row = out[m.block_start + b]
+            row[1] = b == m.n_blocks - 1
+            row[4] = k
+            if m.kind == "lstm":
+                first = b * units  # the block's first unit
+                row[0] = 1
+                row[2] = max(0, min(units, m.hidden - first))
+                row[3] = m.cell_base // units + b
+                row[5] = (m.out_base + first) % alpha
+                row[6] = (m.out_base + first) // alpha
+            else:
+                row[3] = b
+    return out
+
+
+def matrix_descriptors(design: Design) -> np.ndarray:
+    """matrices.mem fields per matrix: [last tile, first act word of its own h (or 2^LOCAL_BITS: none)]."""
+    none = 1 << rtl_context(design)["local_bits"]
+    return np.array([[m.tile_start + m.n_tiles - 1, m.out_base // design.array.alpha if m.kind == "lstm" else none]
+                     for m in design.matrices], dtype=np.int64)
+
+
+def embedding_words(design: Design) -> np.ndarray:
+    """embedding.mem: word (token << EMB_WORD_BITS) + j holds act words j*alpha .. j*alpha + alpha - 1."""
+    ctx = rtl_context(design)
+    alpha, words = design.array.alpha, ctx["emb_words"]
+    padded = np.zeros((design.vocab_size, words * alpha), dtype=np.int64)
+    padded[:, : design.emsize] = design.embedding
+    out = np.zeros((design.vocab_size << ctx["emb_word_bits"], alpha), dtype=np.int64)
+    idx = (np.arange(design.vocab_size)[:, None] << ctx["emb_word_bits"]) + np.arange(words)[None, :]
+    out[idx.reshape(-1)] = padded.reshape(-1, alpha)
+    return out
 
 
 # --- Verilog helpers available in every template ----------------------------
@@ -181,7 +247,55 @@ def render_rtl(design: Design, out_dir: str | Path, template_dir: str | Path | N
     for name, text in mem_files(design).items():
         (out_dir / name).write_text(text)
         written.append(out_dir / name)
+    written += write_ip_files(design, out_dir)
     return written
+
+
+def write_ip_files(design: Design, out_dir: Path) -> list[Path]:
+    """``files.f`` (a simulator/synthesis file list) and ``ccflow.core`` (FuseSoC CAPI2) for the rtl folder.
+
+    Both name paths relative to the rtl folder, so the folder can be copied anywhere as one IP:
+    Vivado ``add_files -f``-style flows, Verilator/Icarus ``-f files.f``, or ``fusesoc library add``.
+    The ``$readmemh`` files are read from MEM_DIR (default: the tool's working directory), so they
+    are listed as data files that FuseSoC copies next to the build.
+    """
+    sources = [p.name for p in verilog_sources(out_dir)]
+    mems = sorted(MEM_FILES)
+    files_f = out_dir / "files.f"
+    files_f.write_text("// ccflow generated RTL: top ccflow_top (Verilog-2001); read the .mem files from MEM_DIR\n"
+                       "+incdir+.\n" + "".join(f"{name}\n" for name in sources))
+    arr = design.array
+    core = out_dir / "ccflow.core"
+    lines = [
+        "CAPI=2:",
+        "name: ccflow:generated:ccflow_top:0.1.0",
+        f"description: column-combined LSTM LM accelerator, {arr.rows} x {arr.cols} MX cells, alpha {arr.alpha}",
+        "filesets:",
+        "  rtl:",
+        "    file_type: verilogSource",
+        "    files:",
+        "      - ccflow_config.vh: {is_include_file: true}",
+        *[f"      - {name}" for name in sources],
+        "  mem:",
+        "    file_type: user",
+        "    files:",
+        *[f"      - {name}: {{copyto: {name}}}" for name in mems],
+        "targets:",
+        "  default:",
+        "    filesets: [rtl, mem]",
+        "    toplevel: ccflow_top",
+        "  lint:",
+        "    default_tool: verilator",
+        "    filesets: [rtl, mem]",
+        "    toplevel: ccflow_top",
+        "    tools:",
+        "      verilator:",
+        "        mode: lint-only",
+        "        verilator_options: [-Wall]",
+        "",
+    ]
+    core.write_text("\n".join(lines))
+    return [files_f, core]
 
 
 def verilog_sources(rtl_dir: str | Path) -> list[Path]:
@@ -197,17 +311,23 @@ def mem_layout(design: Design) -> dict[str, tuple[list[tuple[np.ndarray, int, bo
     ctx = rtl_context(design)
     fmt = design.array.formats
     t = design.n_tiles
+    bd = block_descriptors(design)
+    md = matrix_descriptors(design)
+    bd_widths = [1, 1, ctx["real_bits"], ctx["index_bits"], ctx["mat_bits"], ctx["bank_bits"], ctx["local_bits"]]
     return {
         "weights.mem": ([(design.tile_weight.reshape(t, -1), fmt.weight_bits, True)], t),
         "selects.mem": ([(design.tile_sel.reshape(t, -1), ctx["sel_bits"], False)], t),
-        "addrs.mem": ([(design.tile_addr.reshape(t, -1), ctx["addr_bits"], False)], t),
+        "addrs.mem": ([((design.tile_addr // design.array.alpha).reshape(t, -1), ctx["local_bits"], False)], t),
         "tiles.mem": ([(design.tile_block[:, None], ctx["block_bits"], False),
                        (design.tile_first[:, None].astype(np.int64), 1, False),
                        (design.tile_last[:, None].astype(np.int64), 1, False),
                        (design.tile_split[:, None], ctx["split_bits"], False)], t),
         "bias.mem": ([(design.block_bias, fmt.acc_bits, True)], design.n_blocks),
         "shift.mem": ([(design.block_shift, ctx["shift_bits"], False)], design.n_blocks),
-        "embedding.mem": ([(design.embedding, fmt.act_bits, True)], design.vocab_size),
+        "blocks.mem": ([(bd[:, i:i + 1], w, False) for i, w in enumerate(bd_widths)], design.n_blocks),
+        "matrices.mem": ([(md[:, :1], ctx["tile_bits"], False), (md[:, 1:], ctx["local_bits"] + 1, False)],
+                         len(design.matrices)),
+        "embedding.mem": ([(embedding_words(design), fmt.act_bits, True)], design.vocab_size << ctx["emb_word_bits"]),
         "sigmoid.mem": ([(design.lut_sigmoid[:, None], fmt.act_bits, True)], fmt.lut_size),
         "tanh.mem": ([(design.lut_tanh[:, None], fmt.act_bits, True)], fmt.lut_size),
     }

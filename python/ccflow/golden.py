@@ -45,6 +45,7 @@ class GoldenModel:
         self._cell_addr = design.tile_addr[t, c, design.tile_sel]  # [T, rows, cols]
         self._in_a = np.arange(design.array.cols)[None, :] < design.tile_split[:, None]  # [T, cols]
         self._segments = {m.name: _segments(design, m) for m in design.matrices}
+        self._inputs = {m.name: m.column_addresses() for m in design.matrices}
         self._dense = {m.name: _dense_matrix(design, m) for m in design.matrices} if _float_exact(design) else {}
         self.reset()
 
@@ -88,7 +89,7 @@ class GoldenModel:
         """
         if m.name in self._dense:
             w, w_abs, row_abs, bias, bias_abs = self._dense[m.name]
-            x = self.act[:, m.in_base: m.in_base + m.in_size].astype(np.float64)
+            x = self.act[:, self._inputs[m.name]].astype(np.float64)
             limit = min(-self._acc_lo - 1, self._acc_hi)
             x_max = np.abs(x).max(axis=1, keepdims=True)
             # cheap bound max|x| * sum|w| first; the exact sum of |w x| only when that one fails
@@ -176,7 +177,7 @@ def _dense_matrix(design: Design, m: MatrixInfo):
         addr = design.tile_addr[t, np.arange(design.array.cols)[None, :], design.tile_sel[t]]
         np.add.at(w, (addr, r), design.tile_weight[t])
     bias = design.block_bias[m.block_start: m.block_start + m.n_blocks].reshape(-1)
-    w = w[m.in_base: m.in_base + m.in_size]  # a matrix reads only its own input slice
+    w = w[m.column_addresses()]  # a matrix reads only its own inputs
     return w, np.abs(w), np.abs(w).sum(axis=0), bias, np.abs(bias).astype(np.float64)
 
 

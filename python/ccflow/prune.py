@@ -131,11 +131,15 @@ def combine_model(model: torch.nn.Module, cfg: Config) -> dict:
     weights (:func:`enforce_masks`) and their optimizer state.
     """
     from .combine import combine_columns, lstm_unmatrix
+    from .design import column_banks
 
     row_block = cfg.array.rows if cfg.combine.row_split else None
     packings = {}
     for l, layer in enumerate(lstm_layers(model)):
-        packing = combine_columns(layer_matrix(layer), cfg.array.alpha, gamma=cfg.combine.gamma, row_block=row_block)
+        # The bank rule of the hardware (design.column_banks): no two columns of a group in one act bank.
+        banks = column_banks(layer.input_size, layer.input_size + layer.hidden_size, cfg.array.alpha)
+        packing = combine_columns(layer_matrix(layer), cfg.array.alpha, gamma=cfg.combine.gamma, row_block=row_block,
+                                  banks=banks)
         keep_ih, keep_hh = lstm_unmatrix(np.asarray(packing.mask, dtype=bool), layer.input_size)
         layer.mask_ih &= torch.from_numpy(np.ascontiguousarray(keep_ih)).to(layer.mask_ih.device)
         layer.mask_hh &= torch.from_numpy(np.ascontiguousarray(keep_hh)).to(layer.mask_hh.device)

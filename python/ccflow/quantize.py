@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arrayconfig import ArrayConfig
-from .combine import Packing, check_packing, combine_columns, lstm_matrix, lstm_unmatrix
-from .design import Design, MatrixInfo
+from .combine import Packing, check_packing, combine_columns, lstm_matrix, lstm_unmatrix, split_banks
+from .design import Design, MatrixInfo, act_layout, column_banks
 from .fixedpoint import SaturationCounter
 
 
@@ -72,7 +72,8 @@ class FloatModel:
         """Column-combine every LSTM layer and apply the combine-pruning masks (no retraining)."""
         packings, layers = {}, []
         for k, layer in enumerate(self.layers):
-            p = combine_columns(lstm_matrix(layer.w_ih, layer.w_hh), alpha, gamma, row_block)
+            banks = column_banks(layer.w_ih.shape[1], layer.w_ih.shape[1] + layer.hidden, alpha)
+            p = combine_columns(lstm_matrix(layer.w_ih, layer.w_hh), alpha, gamma, row_block, banks=banks)
             m_ih, m_hh = lstm_unmatrix(p.mask, layer.w_ih.shape[1])
             packings[k] = p
             layers.append(FloatLSTM(layer.w_ih * m_ih, layer.w_hh * m_hh, layer.bias))
@@ -100,10 +101,9 @@ def quantize(model: FloatModel, array: ArrayConfig,
     vocab, emsize = model.embedding.shape
     hidden = [layer.hidden for layer in model.layers]
 
-    # Activation memory [emb | h_0 | ... | h_{L-1}]: layer l reads [x; h_l] contiguously.
-    h_base = np.cumsum([emsize] + hidden).tolist()  # h_l starts at h_base[l]
-    in_base = [0] + h_base[:-2]
-    cell_base = np.cumsum([0] + hidden).tolist()
+    # Activation memory [emb | h_0 | ... | h_{L-1}], regions padded to whole bank rows (design.act_layout).
+    layout = act_layout(emsize, hidden, array.alpha, array.rows // 4)
+    base, cell_base = layout["act_base"], layout["cell_base"]
 
     builder = _TileBuilder(array)
     matrices = []
@@ -115,12 +115,11 @@ def quantize(model: FloatModel, array: ArrayConfig,
         packing = (packings or {}).get(l)
         gate = np.arange(matrix.shape[0]) % 4
         matrices.append(builder.add(
-            f"lstm{l}", "lstm", matrix, bias, packing, gate, in_base[l], fmt.act_frac, sat,
-            hidden=layer.hidden, out_base=h_base[l], cell_base=cell_base[l]))
-    dec_in = h_base[-2]
+            f"lstm{l}", "lstm", matrix, bias, packing, gate, fmt.act_frac, sat, in_base=base[l],
+            in_x=layer.w_ih.shape[1], hidden=layer.hidden, out_base=base[l + 1], cell_base=cell_base[l]))
     matrices.append(builder.add(
         "decoder", "decoder", model.embedding, model.decoder_bias, None, np.zeros(vocab, dtype=int),
-        dec_in, fmt.logit_frac, sat, hidden=0, out_base=-1, cell_base=-1))
+        fmt.logit_frac, sat, in_base=base[len(hidden)], in_x=emsize, hidden=0, out_base=-1, cell_base=-1))
 
     act_lo, act_hi = -(1 << (fmt.act_bits - 1)), (1 << (fmt.act_bits - 1)) - 1
     emb = np.rint(model.embedding * 2.0 ** fmt.act_frac).astype(np.int64)
@@ -128,7 +127,7 @@ def quantize(model: FloatModel, array: ArrayConfig,
     assert emb.min() >= act_lo and emb.max() <= act_hi
     lut_sigmoid, lut_tanh = activation_luts(array)
     return Design(
-        array=array, vocab_size=vocab, emsize=emsize, act_size=h_base[-1], cell_size=cell_base[-1],
+        array=array, vocab_size=vocab, emsize=emsize, act_size=layout["act_size"], cell_size=layout["cell_size"],
         matrices=tuple(matrices), lut_sigmoid=lut_sigmoid, lut_tanh=lut_tanh, embedding=emb,
         quant_saturations=sat.total, **builder.arrays())
 
@@ -168,13 +167,21 @@ class _TileBuilder:
         self.bias: list[np.ndarray] = []
         self.shift: list[np.ndarray] = []
 
-    def add(self, name, kind, matrix, bias, packing, section, in_base, out_frac, sat, *,
-            hidden, out_base, cell_base) -> MatrixInfo:
+    def add(self, name, kind, matrix, bias, packing, section, out_frac, sat, *,
+            in_base, in_x, hidden, out_base, cell_base) -> MatrixInfo:
         arr, fmt = self.array, self.array.formats
         R, C = matrix.shape
+        info = dict(name=name, kind=kind, rows=R, in_base=in_base, in_size=C, in_x=in_x, hidden=hidden,
+                    out_base=out_base, cell_base=cell_base)
+        addresses = MatrixInfo(**info, tile_start=0, n_tiles=0, block_start=0, n_blocks=0, dense_cells=0,
+                               packed_cells=0, nnz=0).column_addresses()
+        banks = column_banks(in_x, C, arr.alpha)
         if packing is None:
-            packing = combine_columns(matrix, arr.alpha, 0.0, row_block=arr.rows)
+            packing = combine_columns(matrix, arr.alpha, 0.0, row_block=arr.rows, banks=banks)
         _check_packing(name, matrix, packing, arr)
+        # A packing made without the bank rule (an older checkpoint) is split where two columns of a
+        # group share a bank: lossless, at the cost of a few more groups.
+        packing = split_banks(packing, banks)
         tile_start, block_start = len(self.tiles), len(self.bias)
         packed_cells = nnz = 0
         blocks = []  # per row block: its array columns
@@ -199,29 +206,34 @@ class _TileBuilder:
             packed_cells += (r1 - r0) * len(groups)
             nnz += int(np.count_nonzero(wq))
             # A block without groups still needs one (empty) column: its bias makes its result.
-            blocks.append([self._column(wq, g, in_base) for g in groups] or [self._column(wq, (), in_base)])
+            blocks.append([self._column(wq, g, addresses) for g in groups] or [self._column(wq, (), addresses)])
         for tile in _deal(blocks, arr.cols, block_start):
-            self.tiles.append(tile.padded(self._column(None, (), in_base), arr.cols))
+            self.tiles.append(tile.padded(self._column(None, (), addresses), arr.cols))
         return MatrixInfo(
-            name=name, kind=kind, rows=R, in_base=in_base, in_size=C, hidden=hidden, out_base=out_base,
-            cell_base=cell_base, tile_start=tile_start, n_tiles=len(self.tiles) - tile_start,
+            **info, tile_start=tile_start, n_tiles=len(self.tiles) - tile_start,
             block_start=block_start, n_blocks=len(self.bias) - block_start, dense_cells=R * C,
             packed_cells=packed_cells, nnz=nnz)
 
-    def _column(self, wq, group, in_base):
-        """One array column: per row the weight and select of the group's one nonzero, and its inputs."""
+    def _column(self, wq, group, addresses):
+        """One array column: per row the weight and select of the group's one nonzero, and its inputs.
+
+        Input slot k holds the member in act bank k (address mod alpha; the bank rule makes them
+        distinct). An unused slot k reads address k (bank k of the embedding region, always written).
+        """
         arr = self.array
         weight = np.zeros(arr.rows, dtype=np.int64)
         select = np.zeros(arr.rows, dtype=np.int64)
-        addr = np.full(arr.alpha, in_base, dtype=np.int64)
+        addr = np.arange(arr.alpha, dtype=np.int64)
         if group:
             cols = np.asarray(group)
-            addr[: len(cols)] = in_base + cols
+            slots = addresses[cols] % arr.alpha
+            assert len(set(slots.tolist())) == len(cols), "bank rule broken"
+            addr[slots] = addresses[cols]
             sub = wq[:, cols]
             s = np.argmax(sub != 0, axis=1)  # the one nonzero of each row (0 when none)
             n = wq.shape[0]
             weight[:n] = sub[np.arange(n), s]
-            select[:n] = s
+            select[:n] = slots[s]
         return weight, select, addr
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -47,7 +47,7 @@ TIMESCALE = ("1ns", "1ps")
 _UNIT_SOURCES = {
     "mx_cell": ["mx_cell.v"],
     "mx_array": ["mx_array.v", "mx_cell.v"],
-    "ccflow_pointwise": ["ccflow_pointwise.v", "ccflow_rom.v"],
+    "ccflow_pointwise": ["ccflow_pointwise.v", "ccflow_ram.v", "ccflow_lut.v"],
 }
 # make variables for Verilator builds: the missing precompiled-header flag (see _tool_env) and
 # C++ optimisation -O1 for the model (build time matters more than run time here). The
@@ -414,7 +414,7 @@ def _parse_stat(text: str) -> dict:
 
 
 def rom_bits(rtl_dir: str | Path) -> dict[str, int]:
-    """Bits of every ROM of the generated top (the LUT ROMs once per pointwise lane and use)."""
+    """Bits of every ROM of the generated top (the activation tables once per dual-port copy)."""
     from .design import Design
     from .generate import mem_layout
 
@@ -424,9 +424,9 @@ def rom_bits(rtl_dir: str | Path) -> dict[str, int]:
         width = sum(v.shape[1] * bits for v, bits, _ in fields)
         copies = 1
         if name == "sigmoid.mem":
-            copies = 3 * (design.array.rows // 4)
+            copies = (3 * (design.array.rows // 4) + 1) // 2
         elif name == "tanh.mem":
-            copies = 2 * (design.array.rows // 4)
+            copies = design.array.rows // 4
         out[name] = words * width * copies
     out["total"] = sum(out.values())
     return out
