@@ -22,7 +22,7 @@ GEN_SOURCES := $(wildcard rtl_templates/* hls/*) $(addprefix python/ccflow/,arra
                fixedpoint.py quantize.py golden.py generate.py hls.py flow.py)
 
 .PHONY: all help setup train rtl sim sim-all hls summary test test-fast bench bench-combine bench-train \
-        plots experiments lint clean
+        plots experiments lint clean fpga bench-fpga
 
 all: sim-all hls summary ## the whole flow on CONFIG (default tiny): train, rtl, both simulators, HLS check, summary
 
@@ -74,13 +74,19 @@ test-fast: $(SETUP) ## the test suite without the HDL simulations
 lint: $(REPORT) ## pyverilog parse, verilator --lint-only -Wall and a yosys resource estimate of BUILD/rtl
 	$(CCFLOW) lint --rtl $(RTL)
 
-bench: bench-combine bench-train ## both benchmarks
+fpga: $(REPORT) ## synthesize, place and route BUILD/rtl for the ECP5 LFE5U-85F (yosys + nextpnr): resources, Fmax, tokens/s
+	$(CCFLOW) fpga --rtl $(RTL)
+
+bench: bench-combine bench-train bench-fpga ## all benchmarks
 
 bench-combine: $(SETUP) ## column combining: ours vs a naive greedy merge, random and paper-size matrices
 	$(PY) bench/bench_combine.py
 
 bench-train: $(SETUP) ## time per training step: dense vs masked+combining vs torch.nn.LSTM
 	$(PY) bench/bench_train.py
+
+bench-fpga: $(REPORT) ## FPGA targets on BUILD/rtl: synthesis time/memory, Fmax, cycles per token, tokens/s
+	$(PY) bench/bench_fpga.py --rtl $(RTL)
 
 experiments: $(SETUP) ## column-combining experiments on ptbc-small (small preset) -> docs/results.md
 	$(PY) bench/experiments.py

@@ -29,7 +29,7 @@ async def pointwise_matches_golden(dut):
     ctx = rtl_context(design)
     fmt = design.array.formats
     rows, units, ab = design.array.rows, ctx["units"], fmt.act_bits
-    kb, lb, alpha = ctx["bank_bits"], ctx["local_bits"], design.array.alpha
+    kb, lb, alpha, ev_bits = ctx["bank_bits"], ctx["local_bits"], design.array.alpha, ctx["pw_event_bits"]
     widths = [1, 1, ctx["real_bits"], ctx["index_bits"], ctx["mat_bits"], kb, lb]
     descs = []
     for row in block_descriptors(design):
@@ -74,7 +74,8 @@ async def pointwise_matches_golden(dut):
                     if a in writes:
                         fail(f"h address {a} written twice in one layer")
                     writes[a] = (int(h[u]), copy)
-        events += int(dut.sat_events_o.value)
+        word = int(dut.sat_events_o.value)  # {parity 1, parity 0} halves
+        events += (word & ((1 << ev_bits) - 1)) + (word >> ev_bits)
         commit = (1, int(dut.commit_mat_o.value)) if int(dut.commit_o.value) else (0, 0)
         dut.valid_i.value = int(valid)
         dut.desc_i.value = descs[block] if valid else descs[int(rng.integers(0, design.n_blocks))]
@@ -100,7 +101,7 @@ async def pointwise_matches_golden(dut):
                     commits.append(await cycle(True, m.block_start + b, step % 2, z[b * rows:(b + 1) * rows]))
                     for _ in range(int(rng.choice([0, 0, 0, 1, 2]))):
                         commits.append(await cycle(False))
-                for _ in range(7):  # drain the pipeline
+                for _ in range(12):  # drain the pipeline
                     commits.append(await cycle(False))
                 pulses = [c for c in commits if c[0]]
                 if len(pulses) != 1 or pulses[0][1] != k:

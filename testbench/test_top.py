@@ -167,8 +167,9 @@ class TopBench:
                           f"{len(inflight)} in flight)")
 
             if reset_cycle is not None and self.cycle >= reset_cycle:
-                victim = inflight[-1] if inflight else None
-                self.reset_mid_token = victim is not None and victim.index == reset_index and victim.out_cycle is None
+                # the next token may already be accepted (its embedding loads during the decoder)
+                victim = next((r for r in inflight if r.index == reset_index), None)
+                self.reset_mid_token = victim is not None and victim.out_cycle is None
                 if not self.reset_mid_token:
                     self.fail(f"the reset at cycle {self.cycle} did not hit token {reset_index} mid-way")
                 dut.rst_ni.value = 0

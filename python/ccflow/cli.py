@@ -75,7 +75,7 @@ def cmd_lint(args) -> None:
     if not args.no_yosys:
         stat = yosys_stat(args.rtl)
         print(f"yosys: {stat['total_cells']:,} cells, {stat['macc']} multiply-accumulate, "
-              f"{stat['ff_bits']:,} flip-flop bits, {stat['memories']} ROMs ({stat['rom_bits']['total']:,} bits), "
+              f"{stat['ff_bits']:,} flip-flop bits, {stat['memories']} memories ({stat['rom_bits']['total']:,} ROM bits), "
               f"{stat['seconds']:.0f} s")
 
 
@@ -101,14 +101,36 @@ def cmd_prepare_enwik8(args) -> None:
 def cmd_combine(args) -> None:
     from .checkpoint import load_model
     from .combine import combine_columns, lstm_matrix
+    from .design import column_banks
 
     trained = load_model(args.checkpoint)
     row_block = args.row_block or None
     for k, layer in enumerate(trained.model.layers):
         w_ih, w_hh = (w.detach().cpu().numpy() for w in layer.effective_weights())
-        p = combine_columns(lstm_matrix(w_ih, w_hh), args.alpha, args.gamma, row_block)
+        banks = column_banks(w_ih.shape[1], w_ih.shape[1] + w_hh.shape[1], args.alpha)  # the hardware's bank rule
+        p = combine_columns(lstm_matrix(w_ih, w_hh), args.alpha, args.gamma, row_block, banks=banks)
         print(f"layer {k}: {p.shape[0]} x {p.shape[1]} -> {p.groups_total} groups, {p.packed_cells:,} packed cells, "
               f"utilization {p.utilization:.1%}, kept {p.nnz:,} of {int((lstm_matrix(w_ih, w_hh) != 0).sum()):,}")
+
+
+def cmd_fpga(args) -> None:
+    from .fpga import DoesNotFit, FpgaError, format_report, read_report, run_ecp5, run_xilinx
+
+    try:
+        if args.no_ecp5 and not args.xilinx:
+            raise FpgaError("--no-ecp5 without --xilinx leaves nothing to run")
+        if not args.no_ecp5:
+            run_ecp5(args.rtl, freq_mhz=args.freq, seed=args.seed)
+        if args.xilinx:
+            run_xilinx(args.rtl)
+    except FpgaError as e:  # one line naming the step and its log; a design too big prints its table first
+        if isinstance(e, DoesNotFit):
+            print(format_report(read_report(args.rtl)))
+        print(f"ccflow fpga: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    report = read_report(args.rtl)
+    print(format_report({"xilinx": report["xilinx"]} if args.no_ecp5 else report))
+    print(f"written {Path(args.rtl) / 'fpga_report.json'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--gamma", type=float, default=0.0)
     c.add_argument("--row-block", type=int, default=0)
     c.set_defaults(func=cmd_combine)
+
+    fp = sub.add_parser("fpga", help="ECP5 LFE5U-85F synthesis + place and route (yosys, nextpnr): resources, "
+                        "Fmax, tokens/s; optional Xilinx 7-series estimate")
+    fp.add_argument("--rtl", required=True)
+    fp.add_argument("--freq", type=float, default=100.0, metavar="MHZ", help="target clock (default 100)")
+    fp.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    fp.add_argument("--xilinx", action="store_true", help="also a yosys synth_xilinx estimate for an XC7VX485T")
+    fp.add_argument("--no-ecp5", action="store_true", help="skip the ECP5 run (with --xilinx)")
+    fp.set_defaults(func=cmd_fpga)
 
     pl = sub.add_parser("plots", help="PNG curves from training logs")
     pl.add_argument("logs", nargs="+", help="log.csv files")

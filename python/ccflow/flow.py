@@ -115,7 +115,30 @@ def summary(rtl_dir: str | Path) -> str:
     if r.get("hls"):
         h = r["hls"]
         lines.append(f"  HLS C++ (g++)   {'bit-exact' if h['bit_exact'] else 'MISMATCH'} on {h['tokens_checked']} tokens")
+    lines += _fpga_lines(Path(rtl_dir))
     return "\n".join(lines)
+
+
+def _fpga_lines(rtl_dir: Path) -> list[str]:
+    """The `make fpga` figures (fpga_report.json), when that has been run on this design."""
+    from .fpga import read_report
+
+    f = read_report(rtl_dir)
+    lines = []
+    if f.get("utilization"):
+        u = f["utilization"]
+        use = "   ".join(f"{k} {u[k]['used']:,}/{u[k]['available']:,}" for k in
+                        ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD") if k in u)
+        lines.append(f"  {f['device']:<15} {use}")
+        if f.get("fmax_mhz"):
+            speed = f"; {f['tokens_per_s']:,.0f} tokens/s" if f.get("tokens_per_s") else ""
+            lines.append(f"  {'':<15} Fmax {f['fmax_mhz']:.1f} MHz (target {f['freq_target_mhz']:g} MHz "
+                         f"{'met' if f['timing_met'] else 'NOT met'}){speed}")
+    x = f.get("xilinx")
+    if x:
+        lines.append(f"  XC7VX485T       {'fits' if x['fits'] else 'does NOT fit'} (yosys estimate, limiting "
+                     f"{x['limiting_resource']} {x['limiting_fraction']:.1%})")
+    return lines
 
 
 # --- helpers -----------------------------------------------------------------

