@@ -32,7 +32,7 @@ help: ## list targets and variables
 	@echo
 	@echo "variables: CONFIG=$(CONFIG) (preset in configs/ or a .toml path)  DATA=$(DATA) (corpus folder/file)"
 	@echo "           SIM=$(SIM)  SIMS=$(SIMS)  TOKENS=$(TOKENS) (stimulus tokens)  ARGS=$(ARGS) (extra train args)"
-	@echo "           BUILD=$(BUILD) (output folder)"
+	@echo "           BUILD=$(BUILD) (output folder)  FPGA_ARGS=$(FPGA_ARGS) (extra ccflow fpga args: --xilinx, --freq MHZ, --require-timing)"
 
 setup: $(SETUP) ## install iverilog + yosys (apt-get) and the Python package with pinned deps (pip)
 
@@ -74,8 +74,10 @@ test-fast: $(SETUP) ## the test suite without the HDL simulations
 lint: $(REPORT) ## pyverilog parse, verilator --lint-only -Wall and a yosys resource estimate of BUILD/rtl
 	$(CCFLOW) lint --rtl $(RTL)
 
+FPGA_ARGS ?=
+
 fpga: $(REPORT) ## synthesize, place and route BUILD/rtl for the ECP5 LFE5U-85F (yosys + nextpnr): resources, Fmax, tokens/s
-	$(CCFLOW) fpga --rtl $(RTL)
+	$(CCFLOW) fpga --rtl $(RTL) $(FPGA_ARGS)
 
 bench: bench-combine bench-train bench-fpga ## all benchmarks
 

@@ -207,3 +207,12 @@ def test_generated_design_meets_timing_within_a_lut_bound(generated):
     assert util["TRELLIS_COMB"]["used"] < 6000, util["TRELLIS_COMB"]  # 4.1k measured
     cells = design.array.cells + 3 * (design.array.rows // 4)  # MX cells + the pointwise multipliers
     assert cells <= util["MULT18X18D"]["used"] <= 2 * cells  # f*c (16 x 24 bits) takes two
+
+
+@slow
+def test_synthesis_only_reports_cells_without_fmax(tools, tmp_path):
+    rtl = _write_toy(tmp_path / "rtl")
+    r = run_ecp5(rtl, harness=False, place=False)
+    assert r["utilization"]["DP16KD"]["used"] >= 1 and r["utilization"]["MULT18X18D"]["used"] >= 1
+    assert r["fits"] and "fmax_mhz" not in r and r["io"] == "not placed"
+    assert "synthesis only" in format_report(read_report(rtl))

@@ -120,7 +120,7 @@ def cmd_fpga(args) -> None:
         if args.no_ecp5 and not args.xilinx:
             raise FpgaError("--no-ecp5 without --xilinx leaves nothing to run")
         if not args.no_ecp5:
-            run_ecp5(args.rtl, freq_mhz=args.freq, seed=args.seed)
+            run_ecp5(args.rtl, freq_mhz=args.freq, seed=args.seed, place=not args.synth_only)
         if args.xilinx:
             run_xilinx(args.rtl)
     except FpgaError as e:  # one line naming the step and its log; a design too big prints its table first
@@ -131,6 +131,10 @@ def cmd_fpga(args) -> None:
     report = read_report(args.rtl)
     print(format_report({"xilinx": report["xilinx"]} if args.no_ecp5 else report))
     print(f"written {Path(args.rtl) / 'fpga_report.json'}")
+    if args.require_timing and not args.no_ecp5 and not args.synth_only and not report.get("timing_met"):
+        print(f"ccflow fpga: error: timing not met: Fmax {report.get('fmax_mhz')} MHz < {args.freq:g} MHz "
+              f"(critical path in {Path(args.rtl) / 'fpga' / 'nextpnr.log'})", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     fp.add_argument("--xilinx", action="store_true", help="also a yosys synth_xilinx estimate for an XC7VX485T")
     fp.add_argument("--no-ecp5", action="store_true", help="skip the ECP5 run (with --xilinx)")
+    fp.add_argument("--require-timing", action="store_true", help="exit 1 when the clock target is not met")
+    fp.add_argument("--synth-only", action="store_true", help="stop after yosys synth_ecp5: resources, no Fmax")
     fp.set_defaults(func=cmd_fpga)
 
     pl = sub.add_parser("plots", help="PNG curves from training logs")

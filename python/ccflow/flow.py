@@ -129,7 +129,7 @@ def _fpga_lines(rtl_dir: Path) -> list[str]:
         u = f["utilization"]
         use = "   ".join(f"{k} {u[k]['used']:,}/{u[k]['available']:,}" for k in
                         ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD") if k in u)
-        lines.append(f"  {f['device']:<15} {use}")
+        lines.append(f"  {f['device']:<15} {use}" + ("   (synthesis only)" if f.get("io") == "not placed" else ""))
         if f.get("fmax_mhz"):
             speed = f"; {f['tokens_per_s']:,.0f} tokens/s" if f.get("tokens_per_s") else ""
             lines.append(f"  {'':<15} Fmax {f['fmax_mhz']:.1f} MHz (target {f['freq_target_mhz']:g} MHz "

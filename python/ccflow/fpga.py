@@ -53,6 +53,9 @@ ECP5_DEVICES = {"LFE5U-12F": "--12k", "LFE5U-25F": "--25k", "LFE5U-45F": "--45k"
 # Printed always, in this order; any other BEL type nextpnr reports (~30) only when used.
 ECP5_RESOURCES = ["TRELLIS_COMB", "TRELLIS_FF", "TRELLIS_RAMW", "DP16KD", "MULT18X18D", "TRELLIS_IO", "DCCA"]
 
+# LFE5U-85F capacities, for a synthesis-only report (TRELLIS_COMB = LUT4 sites; a CCU2C takes two).
+LFE5U_85F = {"TRELLIS_COMB": 83_640, "TRELLIS_FF": 83_640, "TRELLIS_RAMW": 10_455, "DP16KD": 208, "MULT18X18D": 156}
+
 # Virtex-7 XC7VX485T (DS180): 75,900 slices, of them SLICEM LUTs usable as memory.
 XC7VX485T = {"LUT": 303_600, "LUTRAM": 130_800, "FF": 607_200, "DSP48E1": 2_800,
              "RAMB36E1": 1_030, "RAMB18E1": 2_060}
@@ -86,8 +89,12 @@ class ToolRun:
 
 def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100.0, device: str = "LFE5U-85F",
              package: str = "CABGA381", seed: int = 1, speed: int = 6, io: str = "auto",
-             timeout: float = 6 * 3600, harness: bool = True) -> dict:
+             timeout: float = 6 * 3600, harness: bool = True, place: bool = True) -> dict:
     """Synthesize ``top`` for an ECP5, place and route it at ``freq_mhz``; return and store the figures.
+
+    ``place=False`` stops after synthesis: the utilization then comes from yosys's cell counts
+    (LUT4 + 2 per CCU2C as TRELLIS_COMB, TRELLIS_DPR16X4 as TRELLIS_RAMW) against the LFE5U-85F,
+    with no Fmax. Minutes instead of the place-and-route's tens of minutes on a full array.
 
     ``harness`` (default, for ``ccflow_top``): implement ``ccflow_fpga_top`` (:data:`HARNESS`) around
     it, which registers every port and folds the logits onto 16 pins -- the logits stream is far
@@ -117,6 +124,16 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
               "synth_seconds": synth.seconds, "synth_peak_mb": synth.peak_mb,
               "tools": _tool_versions(work / f"{top}.json"), "rtl_digest": _digest(rtl_dir, sources),
               "memory_measure": "ru_maxrss of each tool process (os.wait4)"}
+    if not place:
+        cells = report["yosys_cells"]
+        used = {"TRELLIS_COMB": cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),
+                "TRELLIS_FF": cells.get("TRELLIS_FF", 0), "TRELLIS_RAMW": cells.get("TRELLIS_DPR16X4", 0),
+                "DP16KD": cells.get("DP16KD", 0) + cells.get("PDPW16KD", 0), "MULT18X18D": cells.get("MULT18X18D", 0)}
+        util = {k: {"used": used[k], "available": LFE5U_85F[k]} for k in used}
+        report.update(flow="yosys synth_ecp5 (synthesis only: no place and route, no Fmax)", utilization=util,
+                      fits=all(u["used"] <= u["available"] for u in util.values()), io="not placed")
+        _merge_report(rtl_dir, report)
+        return report
     args = [ECP5_DEVICES[device], "--package", package, "--speed", str(speed), "--json", netlist,
             "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--timing-allow-fail",
             "--report", f"{WORK}/report.json", "-q"]
@@ -270,6 +287,8 @@ def format_report(report: dict) -> str:
                          f"timing {verdict}")
         elif "pnr_seconds" in report:
             lines.append("  Fmax: none (no register-to-register path)")
+        elif report.get("io") == "not placed":
+            lines.append("  synthesis only: yosys cell counts, no place and route, no Fmax")
         if report.get("tokens_per_s"):
             gops = f", {report['effective_gops']:.2f} effective GOP/s" if "effective_gops" in report else ""
             lines.append(f"  {report['tokens_per_s']:,.0f} tokens/s at Fmax ({report['token_interval']:.1f} "
