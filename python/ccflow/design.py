@@ -63,9 +63,13 @@ class MatrixInfo:
     nnz: int  # nonzero int weights
 
     def column_addresses(self) -> np.ndarray:
-        """Act address of every matrix column: x from in_base, then the layer's own h from out_base."""
-        j = np.arange(self.in_size)
-        return np.where(j < self.in_x, self.in_base + j, self.out_base + j - self.in_x)
+        return column_addresses(self.in_base, self.in_x, self.in_size, self.out_base)
+
+
+def column_addresses(in_base: int, in_x: int, in_size: int, out_base: int) -> np.ndarray:
+    """Act address of every matrix column: x from in_base, then the layer's own h from out_base."""
+    j = np.arange(in_size)
+    return np.where(j < in_x, in_base + j, out_base + j - in_x)
 
 
 def round_up(n: int, k: int) -> int:

@@ -10,19 +10,24 @@
   (one word per line, hex, most significant digit first, field 0 in the least
   significant bits).
 
+* ``files.f`` and ``ccflow.core`` (FuseSoC): the rtl folder is a drop-in IP.
+
 Everything a template needs is in :func:`rtl_context`: the array and number
-formats, the model sizes, the widths derived from them, and the per-matrix
-layout (tile and block ranges, activation and cell-state bases) that the
-controller, the pointwise unit and the activation memory unroll into case
-statements. Widths that are not fixed by docs/hardware.md are chosen here:
+formats, the model sizes and the widths derived from them -- no layout: where
+matrices, row blocks and LSTM units live is data in the descriptor ROMs
+(:func:`block_descriptors`, :func:`matrix_descriptors`, ``tiles.mem``), so the
+Verilog depends only on the array configuration and the model's sizes. Widths
+that are not fixed by docs/hardware.md are chosen here:
 
 ==================  =========================================================
 ``sel_bits``        ``ArrayConfig.sel_bits`` (log2 alpha, at least 1)
-``addr_bits``       clog2(act_size): one activation address in ``addrs.mem``
+``bank_bits``       clog2(alpha): the act bank (address mod alpha)
+``local_bits``      clog2(act_size / alpha): a word in a bank (``addrs.mem``)
 ``shift_bits``      bits of max(max_shift, largest row shift): ``shift.mem``
 ``block_bits``      clog2(n_blocks): the block field of ``tiles.mem``
 ``split_bits``      bits of cols: the split field of ``tiles.mem`` (1..cols)
 ``psum_bits``       weight + act + clog2(cols) + 1: an exact in-tile row sum
+``tree_stages``     max(1, clog2(cols)): registered adder levels of a row sum
 ==================  =========================================================
 """
 

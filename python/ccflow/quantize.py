@@ -16,7 +16,10 @@ clamped so the shift stays in ``0..max_shift``.
 The packing comes from training (the last combine step) when there is one:
 its groups were retrained with their combine-pruned masks, so it is lossless
 now. Without one, conflict-free combining (gamma 0) packs the final weights,
-which is lossless by construction. The decoder is packed the same way.
+which is lossless by construction. The decoder is packed the same way. Every
+packing obeys the hardware's bank rule (no two columns of a group in one act
+bank, ``design.column_banks``): training and the fallback combine with it, and a
+packing made without it (an older checkpoint) is split losslessly (``split_banks``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 
 from .arrayconfig import ArrayConfig
 from .combine import Packing, check_packing, combine_columns, lstm_matrix, lstm_unmatrix, split_banks
-from .design import Design, MatrixInfo, act_layout, column_banks
+from .design import Design, MatrixInfo, act_layout, column_addresses, column_banks
 from .fixedpoint import SaturationCounter
 
 
@@ -173,8 +176,7 @@ class _TileBuilder:
         R, C = matrix.shape
         info = dict(name=name, kind=kind, rows=R, in_base=in_base, in_size=C, in_x=in_x, hidden=hidden,
                     out_base=out_base, cell_base=cell_base)
-        addresses = MatrixInfo(**info, tile_start=0, n_tiles=0, block_start=0, n_blocks=0, dense_cells=0,
-                               packed_cells=0, nnz=0).column_addresses()
+        addresses = column_addresses(in_base, in_x, C, out_base)
         banks = column_banks(in_x, C, arr.alpha)
         if packing is None:
             packing = combine_columns(matrix, arr.alpha, 0.0, row_block=arr.rows, banks=banks)
