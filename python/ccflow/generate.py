@@ -205,6 +205,15 @@ def lit(value: int, width: int) -> str:
     return f"{width}'d{value}"
 
 
+def popcount(vectors, width: int) -> str:
+    """Set bits of ``vectors`` ([(name, bits), ...]) as a balanced adder tree of ``width``-bit
+    terms: depth log2(n), where a loop of adds would give a chain n deep."""
+    terms = [zext(f"{name}[{i}]", 1, width) for name, n in vectors for i in range(n)]
+    while len(terms) > 1:
+        terms = [f"({terms[i]} + {terms[i + 1]})" if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0] if terms else f"{width}'d0"
+
+
 def half(shift: int) -> int:
     """The rounding constant of round_shift: (1 << shift) >> 1."""
     return (1 << shift) >> 1
@@ -216,7 +225,7 @@ def _environment(template_dir: Path):
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)), undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(sext=sext, zext=zext, lit=lit, half=half, max=max, min=min, range=range)
+    env.globals.update(sext=sext, zext=zext, lit=lit, half=half, popcount=popcount, max=max, min=min, range=range)
     return env
 
 
