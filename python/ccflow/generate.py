@@ -133,11 +133,11 @@ def token_interval(design: Design) -> int:
     One tile per cycle, plus, after each LSTM layer's last tile, the pipeline depth until its last
     h is written (TREE_STAGES + 14 idle cycles: the next layer reads that h), plus the part of the
     next token's embedding load that the decoder's tiles do not cover: the loader takes the token
-    one cycle after the decoder's first tile and needs emb_words + 2 cycles to have it in the banks.
+    one cycle after the decoder's first tile and needs emb_words + 3 cycles to have it in the banks.
     """
     ctx = rtl_context(design)
     gap = ctx["tree_stages"] + 14
-    exposed = max(0, ctx["emb_words"] + 3 - design.decoder.n_tiles)
+    exposed = max(0, ctx["emb_words"] + 4 - design.decoder.n_tiles)
     return design.n_tiles + len(design.lstm_layers) * gap + exposed
 
 
