@@ -1,7 +1,8 @@
 """cocotb bench of ccflow_top against the golden model, bit for bit, over a stream of tokens.
 
 Checked, for every token: its logits (when m_axis_tvalid rises, and unchanged while it is held),
-every row block's accumulators on the trace port (in block order), and sat_count_o against the
+every row block's accumulators on the trace port (each token's in block order; the tokens in flight
+interleave), and sat_count_o against the
 golden model's saturation total. The first ``free_tokens`` run without stalls and give the cycle
 figures; then (``stalls``) s_axis_tvalid and m_axis_tready drop for random stretches, short and long;
 with ``reset`` one token is interrupted by a reset mid-way, the golden model is reset too and the
@@ -24,6 +25,7 @@ from cocotb.triggers import FallingEdge
 from bench_common import bench_args, load_design, unpack, write_results
 from ccflow.generate import bits_for
 from ccflow.golden import GoldenModel
+from ccflow.schedule import steady_interval
 
 
 class Token:
@@ -87,13 +89,19 @@ class TopBench:
         return f"block {block} row {row}"
 
     def check_trace(self, inflight):
-        rec = next((r for r in inflight if r.traces_seen < self.n_blocks), None)
-        if rec is None:
+        """A finished row block: the oldest token in flight that expects this block next.
+
+        Several tokens are in flight (one per layer, ccflow_controller), so their blocks interleave,
+        but each token's blocks come in block order and each matrix's tokens in token order."""
+        got_block = self.read(self.dut.trace_block_o, "trace_block_o")
+        waiting = [r for r in inflight if r.traces_seen < self.n_blocks]
+        if not waiting:
             self.fail(f"cycle {self.cycle}: trace pulse with no token in flight")
+        rec = next((r for r in waiting if r.traces_seen == got_block), None)
+        if rec is None:
+            expected = ", ".join(f"token {r.index}: block {r.traces_seen}" for r in waiting)
+            self.fail(f"cycle {self.cycle}: trace pulse for block {got_block}, expected one of {expected}")
         b = rec.traces_seen
-        got_block = self.read(self.dut.trace_block_o, f"token {rec.index}: trace_block_o")
-        if got_block != b:
-            self.fail(f"token {rec.index} (id {rec.token}): trace pulse for block {got_block}, expected block {b}")
         got = unpack(self.read(self.dut.trace_acc_o, f"token {rec.index}: trace_acc_o"), self.rows, self.acc_bits)
         exp = rec.trace[b]
         bad = np.flatnonzero(got != exp)
@@ -253,12 +261,10 @@ class TopBench:
         return float(np.mean(lat)) if lat else 0.0
 
     def token_interval(self) -> float:
-        """Mean cycles between accepts of the stall-free tokens, steady state: the first token's
-        embedding load is exposed (nothing runs before it), later ones overlap the decoder."""
-        acc = [r.accept_cycle for r in self.checked if r.index < self.free]
-        if len(acc) > 2:
-            acc = acc[1:]
-        return float((acc[-1] - acc[0]) / (len(acc) - 1)) if len(acc) > 1 else 0.0
+        """Mean cycles between accepts of the stall-free tokens once the layer wavefront is full
+        (ccflow.schedule.steady_interval: the first tokens run with stages still empty)."""
+        acc = sorted(r.accept_cycle for r in self.checked if r.index < self.free)
+        return float(steady_interval(acc, len(self.design.matrices)))
 
     def results(self) -> dict:
         return {

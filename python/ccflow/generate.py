@@ -28,6 +28,7 @@ that are not fixed by docs/hardware.md are chosen here:
 ``split_bits``      bits of cols: the split field of ``tiles.mem`` (1..cols)
 ``psum_bits``       weight + act + clog2(cols) + 1: an exact in-tile row sum
 ``tree_stages``     max(1, clog2(cols)): registered adder levels of a row sum
+``tag_bits``        clog2(layers + 2): token tags, one per token with uncounted saturations
 ==================  =========================================================
 """
 
@@ -110,6 +111,7 @@ def rtl_context(design: Design) -> dict:
         n_tiles=design.n_tiles, tile_bits=bits_for(design.n_tiles),
         n_blocks=design.n_blocks, block_bits=block_bits,
         n_mats=n_mats, mat_bits=bits_for(n_mats), n_layers=n_layers, layer_bits=bits_for(n_layers),
+        tags=2 ** bits_for(n_layers + 2), tag_bits=bits_for(n_layers + 2),
         tree_levels=tree_levels, tree_stages=max(1, tree_levels),
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
         acc_event_bits=(3 * rows).bit_length(), pw_event_bits=(2 * units).bit_length(),
@@ -127,18 +129,16 @@ def rtl_context(design: Design) -> dict:
     return ctx
 
 
-def token_interval(design: Design) -> int:
-    """Cycles between two tokens of the generated top without stalls (docs/hardware.md, Cycles per token).
+def token_interval(design: Design) -> float:
+    """Cycles between two tokens of the generated top without stalls, once its layer wavefront is
+    full (docs/hardware.md, Cycles per token): the controller's schedule replayed cycle by cycle
+    (:mod:`ccflow.schedule`). The test benches measure the same figure on the hardware."""
+    from .schedule import Timing, accept_cycles, steady_interval
 
-    One tile per cycle, plus, after each LSTM layer's last tile, the pipeline depth until its last
-    h is written (TREE_STAGES + 14 idle cycles: the next layer reads that h), plus the part of the
-    next token's embedding load that the decoder's tiles do not cover: the loader takes the token
-    one cycle after the decoder's first tile and needs emb_words + 3 cycles to have it in the banks.
-    """
     ctx = rtl_context(design)
-    gap = ctx["tree_stages"] + 14
-    exposed = max(0, ctx["emb_words"] + 4 - design.decoder.n_tiles)
-    return design.n_tiles + len(design.lstm_layers) * gap + exposed
+    n_mats = len(design.matrices)
+    timing = Timing(tree_stages=ctx["tree_stages"], emb_words=ctx["emb_words"])
+    return steady_interval(accept_cycles(design, timing, 2 * n_mats + 6), n_mats)
 
 
 def block_descriptors(design: Design) -> np.ndarray:
