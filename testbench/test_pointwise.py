@@ -3,9 +3,9 @@
 Row blocks of random gate inputs z (a share of them at the extremes, so the LUT index clamps) are
 driven layer by layer, several steps, blocks of a layer back to back or with random gaps, as the
 accumulator would deliver them, each with its blocks.mem descriptor. Checked per layer: every unit's
-new h (act address from bank and word, value, and the copy = the step's parity), that padding lanes
+new h (act address from bank and word, value, and the copy = bit 0 of the step's token tag), that padding lanes
 write nothing, one commit pulse for the layer together with its last block, and the saturation
-events (cell and hidden updates of real units) against the golden model's count. The cell state
+events (cell and hidden updates of real units, all under the blocks' tag) against the golden model's count. The cell state
 is checked through h: h = o * tanh(c'), and every step starts from the c the unit wrote before. Use it with LUT ROMs holding out-of-range values and a
 narrow cell format to make the saturations happen (tests/test_sim.py does).
 """
@@ -50,7 +50,7 @@ async def pointwise_matches_golden(dut):
     dut.rst_ni.value = 0
     dut.valid_i.value = 0
     dut.desc_i.value = 0
-    dut.parity_i.value = 0
+    dut.tag_i.value = 0
     dut.z_i.value = 0
     await FallingEdge(dut.clk_i)
     await FallingEdge(dut.clk_i)
@@ -59,7 +59,10 @@ async def pointwise_matches_golden(dut):
     events = 0
     writes: dict[int, int] = {}
 
-    async def cycle(valid, block=0, parity=0, z=None):
+    tags = ctx["tags"]
+    live_tag = 0  # the tag of the blocks in flight: events under any other tag are wrong
+
+    async def cycle(valid, block=0, tag=0, z=None):
         """Drive one cycle's inputs at the falling edge, after sampling the outputs there."""
         nonlocal events
         we = int(dut.h_we_o.value)
@@ -74,12 +77,16 @@ async def pointwise_matches_golden(dut):
                     if a in writes:
                         fail(f"h address {a} written twice in one layer")
                     writes[a] = (int(h[u]), copy)
-        word = int(dut.sat_events_o.value)  # {parity 1, parity 0} halves
-        events += (word & ((1 << ev_bits) - 1)) + (word >> ev_bits)
+        word = int(dut.sat_events_o.value)  # the count of tag k at [k*ev_bits]
+        for k in range(tags):
+            n = (word >> (k * ev_bits)) & ((1 << ev_bits) - 1)
+            if n and k != live_tag:
+                fail(f"{n} saturation events counted under tag {k}, the blocks in flight have tag {live_tag}")
+            events += n
         commit = (1, int(dut.commit_mat_o.value)) if int(dut.commit_o.value) else (0, 0)
         dut.valid_i.value = int(valid)
         dut.desc_i.value = descs[block] if valid else descs[int(rng.integers(0, design.n_blocks))]
-        dut.parity_i.value = int(parity) if valid else int(rng.integers(0, 2))
+        dut.tag_i.value = int(tag) if valid else int(rng.integers(0, tags))
         dut.z_i.value = pack(z if valid else rng.integers(-100, 100, rows), ab)
         await FallingEdge(dut.clk_i)
         return commit
@@ -97,8 +104,9 @@ async def pointwise_matches_golden(dut):
                 expected_h = golden._pointwise(m, z[None].astype(np.int64))[0]
                 writes.clear()
                 commits = []
+                live_tag = step % tags  # bit 0: the step's parity, the copy h goes to
                 for b in range(m.n_blocks):
-                    commits.append(await cycle(True, m.block_start + b, step % 2, z[b * rows:(b + 1) * rows]))
+                    commits.append(await cycle(True, m.block_start + b, live_tag, z[b * rows:(b + 1) * rows]))
                     for _ in range(int(rng.choice([0, 0, 0, 1, 2]))):
                         commits.append(await cycle(False))
                 for _ in range(12):  # drain the pipeline
