@@ -10,7 +10,7 @@ that the hardware's interval equals this one (tests/test_sim.py).
 
 Latencies, from the tile issued in cycle 0 (docs/hardware.md): a block's accumulators are final in
 cycle S = TREE_STAGES + 4, its gate inputs reach the pointwise unit in S + 3, which writes h in
-S + 11 (``commit`` of a layer's last block: the next matrix may issue in that very cycle) and
+S + 11 (``commit`` of a layer's last block: a matrix that waits for it issues a cycle later) and
 holds the embedding loader's bank writes off in S + 9 (two cycles ahead); the decoder's logits
 are presented in S + 7.
 """
@@ -76,7 +76,7 @@ def accept_cycles(design: Design, timing: Timing, tokens: int) -> list[int]:
         committed = set(commits.pop(cycle, []))
         pend_now = pend - committed
         handshake = cycle in logits_at
-        out_free = not out_pend or handshake
+        out_free = not out_pend
         allow = cycle not in busy_writes
         emb_busy = loading or we_q or we_q2
 
@@ -95,9 +95,9 @@ def accept_cycles(design: Design, timing: Timing, tokens: int) -> list[int]:
                 else:
                     tile_d, mat_d = last[mat] + 1, mat + 1
             else:
-                below = mat > 0 and (mat - 1, parity) in pend_now
+                below = mat > 0 and (mat - 1, parity) in pend  # registered state: a commit counts a cycle later
                 issue = (not below and out_free) if mat == decoder else \
-                    (not below and (mat, 1 - parity) not in pend_now)
+                    (not below and (mat, 1 - parity) not in pend)
         else:
             issue = True
         if issue:
