@@ -9,7 +9,7 @@ group, each cell the row's one weight of the group and its select; unused cells 
 random select, unused inputs random values. The tiles are driven one per cycle; every tile's two
 row sums (columns before / after the split) must equal the numpy products, and the row sums
 accumulated per block must equal the integer matrix-vector product W @ x. The array is pipelined:
-the row sums of the tile driven before rising edge k are read after edge k + 1 + TREE_STAGES.
+the row sums of the tile driven before rising edge k are read after edge k + 2 + TREE_STAGES.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ async def packed_array_computes_the_matrix(dut):
         results["message"] = msg
         raise AssertionError(msg)
 
-    latency = 1 + rtl_context(load_design())["tree_stages"]  # falling edges from a tile to its sums
+    # falling edges from a tile to its sums: the array runs from cycle 2 to cycle S - 1 of the top
+    latency = rtl_context(load_design())["acc_stage"] - 3
     Clock(dut.clk_i, 10, unit="ns").start()
     dut.weight_i.value = 0
     dut.sel_i.value = 0

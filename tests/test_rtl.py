@@ -17,7 +17,7 @@ from ccflow.quantize import FloatModel, quantize
 from ccflow.simulate import SimulationError, lint_verilator, parse_pyverilog, yosys_stat
 
 MODULES = ["ccflow_accumulator", "ccflow_act_mem", "ccflow_controller", "ccflow_decoder_out", "ccflow_embedding",
-           "ccflow_lut", "ccflow_pointwise", "ccflow_ram", "ccflow_rom", "ccflow_top", "mx_array", "mx_cell"]
+           "ccflow_lut", "ccflow_pipe_reg", "ccflow_pointwise", "ccflow_ram", "ccflow_rom", "ccflow_top", "mx_array", "mx_cell"]
 
 # Several models and arrays, including odd ones: rows not a power of two, alpha not a power of
 # two, alpha 1, a single array column, vocabulary smaller than a row block, wider accumulators,

@@ -9,7 +9,7 @@ offered and the logits always taken, as the test bench's stall-free tokens are. 
 that the hardware's interval equals this one (tests/test_sim.py).
 
 Latencies, from the tile issued in cycle 0 (docs/hardware.md): a block's accumulators are final in
-cycle S = TREE_STAGES + 4, its gate inputs reach the pointwise unit in S + 3, which writes h in
+cycle S (``acc_stage`` of the render context), its gate inputs reach the pointwise unit in S + 3, which writes h in
 S + 11 (``commit`` of a layer's last block: a matrix that waits for it issues a cycle later) and
 holds the embedding loader's bank writes off in S + 9 (two cycles ahead); the decoder's logits
 are presented in S + 7.
@@ -24,20 +24,20 @@ from .design import Design
 
 @dataclass(frozen=True)
 class Timing:
-    tree_stages: int
+    acc_stage: int  # S
     emb_words: int
 
     @property
     def commit(self) -> int:  # last tile of a layer issued -> its last h written
-        return self.tree_stages + 15
+        return self.acc_stage + 11
 
     @property
     def write_soon(self) -> int:  # last tile of an LSTM block issued -> the loader may not read
-        return self.tree_stages + 13
+        return self.acc_stage + 9
 
     @property
     def logits(self) -> int:  # last decoder tile issued -> m_axis_tvalid
-        return self.tree_stages + 11
+        return self.acc_stage + 7
 
 
 def accept_cycles(design: Design, timing: Timing, tokens: int) -> list[int]:

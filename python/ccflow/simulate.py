@@ -46,7 +46,7 @@ TIMESCALE = ("1ns", "1ps")
 # Which generated files each bench top needs (the top bench compiles them all).
 _UNIT_SOURCES = {
     "mx_cell": ["mx_cell.v"],
-    "mx_array": ["mx_array.v", "mx_cell.v"],
+    "mx_array": ["mx_array.v", "mx_cell.v", "ccflow_pipe_reg.v"],
     "ccflow_pointwise": ["ccflow_pointwise.v", "ccflow_ram.v", "ccflow_lut.v"],
 }
 # make variables for Verilator builds: the missing precompiled-header flag (see _tool_env) and
