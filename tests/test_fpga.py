@@ -230,3 +230,12 @@ def test_the_report_knows_which_rtl_it_measured(toy, tmp_path):
     shutil.copytree(rtl, copy)
     (copy / "rom.mem").write_text((copy / "rom.mem").read_text().replace("a", "b", 1))
     assert current_digest(copy) != r["rtl_digest"]
+
+
+def test_bad_place_and_route_options_are_refused(tmp_path):
+    """A router nextpnr does not have, or a placement density outside (0, 1], is refused before any tool runs."""
+    with pytest.raises(FpgaError, match="router must be router1 or router2"):
+        run_ecp5(tmp_path, router="router3")
+    with pytest.raises(FpgaError, match=r"placer density must be in \(0, 1\]"):
+        run_ecp5(tmp_path, placer_density=1.5)
+    assert not (tmp_path / "fpga").exists()

@@ -120,7 +120,8 @@ def cmd_fpga(args) -> None:
         if args.no_ecp5 and not args.xilinx:
             raise FpgaError("--no-ecp5 without --xilinx leaves nothing to run")
         if not args.no_ecp5:
-            run_ecp5(args.rtl, freq_mhz=args.freq, seed=args.seed, place=not args.synth_only)
+            run_ecp5(args.rtl, freq_mhz=args.freq, seed=args.seed, place=not args.synth_only, router=args.router,
+                     placer_density=args.placer_density)
         if args.xilinx:
             run_xilinx(args.rtl)
     except FpgaError as e:  # one line naming the step and its log; a design too big prints its table first
@@ -199,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--rtl", required=True)
     fp.add_argument("--freq", type=float, default=100.0, metavar="MHZ", help="target clock (default 100)")
     fp.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    fp.add_argument("--router", choices=("router1", "router2"), default="router1", help="nextpnr router (default router1)")
+    fp.add_argument("--placer-density", type=float, default=None, metavar="F",
+                    help="nextpnr HeAP maximum placement density in (0, 1]; lower spreads congested logic")
     fp.add_argument("--xilinx", action="store_true", help="also a yosys synth_xilinx estimate for an XC7VX485T")
     fp.add_argument("--no-ecp5", action="store_true", help="skip the ECP5 run (with --xilinx)")
     fp.add_argument("--require-timing", action="store_true", help="exit 1 when the clock target is not met")

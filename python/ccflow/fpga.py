@@ -89,7 +89,8 @@ class ToolRun:
 
 def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100.0, device: str = "LFE5U-85F",
              package: str = "CABGA381", seed: int = 1, speed: int = 6, io: str = "auto",
-             timeout: float = 6 * 3600, harness: bool = True, place: bool = True) -> dict:
+             timeout: float = 6 * 3600, harness: bool = True, place: bool = True, router: str = "router1",
+             placer_density: float | None = None) -> dict:
     """Synthesize ``top`` for an ECP5, place and route it at ``freq_mhz``; return and store the figures.
 
     ``place=False`` stops after synthesis: the utilization then comes from yosys's cell counts
@@ -108,6 +109,10 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
         raise FpgaError(f"unknown ECP5 device {device!r}; one of {', '.join(ECP5_DEVICES)}")
     if io not in ("auto", "pads", "ooc"):
         raise FpgaError(f"io must be auto, pads or ooc, not {io!r}")
+    if router not in ("router1", "router2"):
+        raise FpgaError(f"router must be router1 or router2, not {router!r}")
+    if placer_density is not None and not 0.0 < placer_density <= 1.0:
+        raise FpgaError(f"placer density must be in (0, 1], not {placer_density}")
     rtl_dir = Path(rtl_dir)
     sources = _sources(rtl_dir)
     work = _fresh_workdir(rtl_dir / WORK, keep=("xilinx",))
@@ -136,7 +141,10 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
         return report
     args = [ECP5_DEVICES[device], "--package", package, "--speed", str(speed), "--json", netlist,
             "--freq", f"{freq_mhz:g}", "--seed", str(seed), "--timing-allow-fail",
-            "--report", f"{WORK}/report.json", "-q"]
+            "--report", f"{WORK}/report.json", "-q", "--router", router]
+    if placer_density is not None:  # HeAP's maximum placement density: lower spreads congested logic
+        args += ["--placer-heap-beta", f"{placer_density:g}"]
+    report.update(router=router, placer_density=placer_density)
     try:
         pnr, report["io"] = _place_and_route(rtl_dir, args, io, timeout)
     except DoesNotFit as e:
