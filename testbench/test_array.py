@@ -68,8 +68,7 @@ async def packed_array_computes_the_matrix(dut):
         results["message"] = msg
         raise AssertionError(msg)
 
-    # falling edges from a tile to its sums: the array runs from cycle 2 to cycle S - 1 of the top
-    latency = rtl_context(load_design())["acc_stage"] - 3
+    latency = rtl_context(load_design())["array_stages"] - 1  # falling edges from a tile to its sums
     Clock(dut.clk_i, 10, unit="ns").start()
     dut.weight_i.value = 0
     dut.sel_i.value = 0

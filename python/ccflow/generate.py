@@ -29,7 +29,8 @@ that are not fixed by docs/hardware.md are chosen here:
 ``psum_bits``       weight + act + clog2(cols) + 1: an exact in-tile row sum
 ``tree_stages``     max(1, clog2(cols)): registered adder levels of a row sum
 ``tag_bits``        clog2(layers + 2): token tags, one per token with uncounted saturations
-``acc_stage``       tree_stages + 5: the cycle S of a tile's accumulation (docs/hardware.md)
+``array_stages``    tree_stages + 3: mx_array's latency, inputs to row sums
+``acc_stage``       array_stages + 3: the cycle S of a tile's accumulation (docs/hardware.md)
 ``row_group``       4: array rows served by one register copy of the columns' inputs
 ==================  =========================================================
 """
@@ -115,7 +116,8 @@ def rtl_context(design: Design) -> dict:
         n_mats=n_mats, mat_bits=bits_for(n_mats), n_layers=n_layers, layer_bits=bits_for(n_layers),
         tags=2 ** bits_for(n_layers + 2), tag_bits=bits_for(n_layers + 2),
         tree_levels=tree_levels, tree_stages=max(1, tree_levels),
-        acc_stage=max(1, tree_levels) + 5,  # S: cycle of a tile's accumulation, from its issue in cycle 0
+        array_stages=max(1, tree_levels) + 3,  # mx_array: cycles from its inputs to its row sums
+        acc_stage=max(1, tree_levels) + 6,  # S: cycle of a tile's accumulation, from its issue in cycle 0
         row_group=4,  # array rows served by one copy of the columns' inputs (mx_array)
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
         acc_event_bits=(3 * rows).bit_length(), pw_event_bits=(2 * units).bit_length(),
