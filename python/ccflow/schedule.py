@@ -9,10 +9,10 @@ offered and the logits always taken, as the test bench's stall-free tokens are. 
 that the hardware's interval equals this one (tests/test_sim.py).
 
 Latencies, from the tile issued in cycle 0 (docs/hardware.md): a block's accumulators are final in
-cycle S (``acc_stage`` of the render context), its gate inputs reach the pointwise unit in S + 3, which writes h in
-S + 11 (``commit`` of a layer's last block: a matrix that waits for it issues a cycle later) and
-holds the embedding loader's bank writes off in S + 9 (two cycles ahead); the decoder's logits
-are presented in S + 7.
+cycle S (``acc_stage`` of the render context), its gate inputs reach the pointwise unit in S + 3,
+which writes h in its stage P``h_stage`` (S + 3 + h_stage = S + 12: ``commit`` of a layer's last
+block, a matrix that waits for it issues a cycle later) and holds the embedding loader's bank
+writes off two cycles ahead; the decoder's logits are presented in S + 7.
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ from .design import Design
 @dataclass(frozen=True)
 class Timing:
     acc_stage: int  # S
+    h_stage: int    # the pointwise stage that writes h
     emb_words: int
 
     @property
     def commit(self) -> int:  # last tile of a layer issued -> its last h written
-        return self.acc_stage + 11
+        return self.acc_stage + 3 + self.h_stage
 
     @property
     def write_soon(self) -> int:  # last tile of an LSTM block issued -> the loader may not read
-        return self.acc_stage + 9
+        return self.commit - 2
 
     @property
     def logits(self) -> int:  # last decoder tile issued -> m_axis_tvalid
