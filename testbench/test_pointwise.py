@@ -109,7 +109,7 @@ async def pointwise_matches_golden(dut):
                     commits.append(await cycle(True, m.block_start + b, live_tag, z[b * rows:(b + 1) * rows]))
                     for _ in range(int(rng.choice([0, 0, 0, 1, 2]))):
                         commits.append(await cycle(False))
-                for _ in range(12):  # drain the pipeline
+                for _ in range(ctx["h_stage"] + 3):  # drain: h in P{h_stage}, its events two cycles later
                     commits.append(await cycle(False))
                 pulses = [c for c in commits if c[0]]
                 if len(pulses) != 1 or pulses[0][1] != k:

@@ -32,7 +32,7 @@ that are not fixed by docs/hardware.md are chosen here:
 ``array_stages``    tree_stages + 3: mx_array's latency, inputs to row sums
 ``acc_stage``       array_stages + 3: the cycle S of a tile's accumulation (docs/hardware.md)
 ``row_group``       4: array rows served by one register copy of the columns' inputs
-``h_stage``         9: the pointwise unit's stage that writes h (P9 of ccflow_pointwise)
+``h_stage``         11: the pointwise unit's stage that writes h (P11 of ccflow_pointwise)
 ==================  =========================================================
 """
 
@@ -120,7 +120,7 @@ def rtl_context(design: Design) -> dict:
         array_stages=max(1, tree_levels) + 3,  # mx_array: cycles from its inputs to its row sums
         acc_stage=max(1, tree_levels) + 6,  # S: cycle of a tile's accumulation, from its issue in cycle 0
         row_group=4,  # array rows served by one copy of the columns' inputs (mx_array)
-        h_stage=9,  # ccflow_pointwise writes h in its stage P9 (S + 3 + 9 from a block's last tile)
+        h_stage=11,  # ccflow_pointwise writes h in its stage P11 (S + 3 + 11 from a block's last tile)
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
         acc_event_bits=(3 * rows).bit_length(), pw_event_bits=(2 * units).bit_length(),
         real_bits=real_bits, index_bits=index_bits, bd_index=bd_index, bd_mat=bd_mat, bd_bank=bd_bank,
