@@ -137,7 +137,15 @@ def test_mem_files_round_trip(rendered):
     bb = rtl_context(design)["block_bits"]
     assert meta & ((1 << bb) - 1) == design.tile_block[t]
     assert (meta >> bb) & 1 == design.tile_first[t] and (meta >> (bb + 1)) & 1 == design.tile_last[t]
-    assert meta >> (bb + 2) == design.tile_split[t]
+    sb = rtl_context(design)["split_bits"]
+    assert (meta >> (bb + 2)) & ((1 << sb) - 1) == design.tile_split[t]
+    row = meta >> (bb + 2 + sb)  # the tile's row of addrs.mem: the act words it reads
+    words = int((out / "addrs.mem").read_text().split()[row], 16)
+    lb, alpha = rtl_context(design)["local_bits"], design.array.alpha
+    for c in range(design.array.cols):
+        for k in range(alpha):
+            got = (words >> ((c * alpha + k) * lb)) & ((1 << lb) - 1)
+            assert got == design.tile_addr[t, c, k] // alpha and design.tile_addr[t, c, k] % alpha == k
 
 
 def test_an_undefined_template_variable_is_a_one_line_error(tmp_path):

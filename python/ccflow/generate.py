@@ -30,7 +30,8 @@ that are not fixed by docs/hardware.md are chosen here:
 ``tree_stages``     max(1, clog2(cols)): registered adder levels of a row sum
 ``tag_bits``        clog2(layers + 2): token tags, one per token with uncounted saturations
 ``array_stages``    tree_stages + 3: mx_array's latency, inputs to row sums
-``acc_stage``       array_stages + 3: the cycle S of a tile's accumulation (docs/hardware.md)
+``acc_stage``       array_stages + 5: the cycle S of a tile's accumulation (docs/hardware.md)
+``n_addr_rows``     the distinct rows of act words of the tiles (addrs.mem, :func:`address_rows`)
 ``row_group``       4: array rows served by one register copy of the columns' inputs
 ``h_stage``         11: the pointwise unit's stage that writes h (P11 of ccflow_pointwise)
 ==================  =========================================================
@@ -118,7 +119,7 @@ def rtl_context(design: Design) -> dict:
         tags=2 ** bits_for(n_layers + 2), tag_bits=bits_for(n_layers + 2),
         tree_levels=tree_levels, tree_stages=max(1, tree_levels),
         array_stages=max(1, tree_levels) + 3,  # mx_array: cycles from its inputs to its row sums
-        acc_stage=max(1, tree_levels) + 6,  # S: cycle of a tile's accumulation, from its issue in cycle 0
+        acc_stage=max(1, tree_levels) + 8,  # S: cycle of a tile's accumulation, from its issue in cycle 0
         row_group=4,  # array rows served by one copy of the columns' inputs (mx_array)
         h_stage=11,  # ccflow_pointwise writes h in its stage P11 (S + 3 + 11 from a block's last tile)
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
@@ -133,8 +134,21 @@ def rtl_context(design: Design) -> dict:
                   for m in design.matrices],
         packed_cells=design.packed_cells, ideal_cycles=design.ideal_cycles,
     )
-    ctx["tile_meta_bits"] = block_bits + 2 + ctx["split_bits"]
+    ctx["n_addr_rows"] = len(address_rows(design)[0])
+    ctx["addr_row_bits"] = bits_for(ctx["n_addr_rows"])
+    ctx["tile_info_bits"] = block_bits + 2 + ctx["split_bits"]
+    ctx["tile_meta_bits"] = ctx["tile_info_bits"] + ctx["addr_row_bits"]
     return ctx
+
+
+def address_rows(design: Design) -> tuple[np.ndarray, np.ndarray]:
+    """The act words the tiles read, one row per distinct set ([rows, cols * alpha]: word of bank k
+    of column c at c * alpha + k), and each tile's row. Tiles of different row blocks that read the
+    same column groups share a row: with whole-matrix groups that is every row block of a matrix,
+    so addrs.mem keeps tens of rows where it would keep thousands (one per tile)."""
+    words = (design.tile_addr // design.array.alpha).reshape(design.n_tiles, -1)
+    rows, index = np.unique(words, axis=0, return_inverse=True)
+    return rows, index.reshape(-1)
 
 
 def token_interval(design: Design) -> float:
@@ -333,17 +347,19 @@ def mem_layout(design: Design) -> dict[str, tuple[list[tuple[np.ndarray, int, bo
     ctx = rtl_context(design)
     fmt = design.array.formats
     t = design.n_tiles
+    addr_rows, addr_row = address_rows(design)
     bd = block_descriptors(design)
     md = matrix_descriptors(design)
     bd_widths = [1, 1, ctx["real_bits"], ctx["index_bits"], ctx["mat_bits"], ctx["bank_bits"], ctx["local_bits"]]
     return {
         "weights.mem": ([(design.tile_weight.reshape(t, -1), fmt.weight_bits, True)], t),
         "selects.mem": ([(design.tile_sel.reshape(t, -1), ctx["sel_bits"], False)], t),
-        "addrs.mem": ([((design.tile_addr // design.array.alpha).reshape(t, -1), ctx["local_bits"], False)], t),
+        "addrs.mem": ([(addr_rows, ctx["local_bits"], False)], len(addr_rows)),
         "tiles.mem": ([(design.tile_block[:, None], ctx["block_bits"], False),
                        (design.tile_first[:, None].astype(np.int64), 1, False),
                        (design.tile_last[:, None].astype(np.int64), 1, False),
-                       (design.tile_split[:, None], ctx["split_bits"], False)], t),
+                       (design.tile_split[:, None], ctx["split_bits"], False),
+                       (addr_row[:, None], ctx["addr_row_bits"], False)], t),
         "bias.mem": ([(design.block_bias, fmt.acc_bits, True)], design.n_blocks),
         "shift.mem": ([(design.block_shift, ctx["shift_bits"], False)], design.n_blocks),
         "blocks.mem": ([(bd[:, i:i + 1], w, False) for i, w in enumerate(bd_widths)], design.n_blocks),
