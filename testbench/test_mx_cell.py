@@ -1,6 +1,6 @@
-"""cocotb bench of mx_cell: product_o = weight_i * in_i[sel_i], exactly, two cycles later.
+"""cocotb bench of mx_cell: product_o = weight_i * in_i[sel_i], exactly, CELL_STAGES cycles later.
 
-One vector per cycle (the cell is pipelined: select mux registered, then the multiply): random
+One vector per cycle (the cell is pipelined: select mux, operands, multiply, product registered): random
 weights, selects and inputs with a share of extremes, plus an exhaustive sweep of every select
 against the extreme weight x input products. A select at or beyond alpha (possible when alpha is
 not a power of two; the packer never emits one) multiplies 0. Widths come from array_config.json.
@@ -15,8 +15,8 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
 from bench_common import bench_args, load_array, pack, random_signed, signed_range, write_results
+from ccflow.generate import CELL_STAGES as LATENCY  # cycles from the inputs to product_o
 
-LATENCY = 2  # cycles from the inputs to product_o
 
 
 @cocotb.test()

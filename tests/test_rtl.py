@@ -177,10 +177,12 @@ def test_the_checks_can_fail(tmp_path):
     render_rtl(design, tmp_path)
     cell = tmp_path / "mx_cell.v"
     good = cell.read_text()
-    cell.write_text(good.replace("assign product_o = product_q;", "assign product_o = product_q"))  # no semicolon
+    line = "assign product_o = product_q2;"
+    assert line in good  # the mutations below apply
+    cell.write_text(good.replace(line, line[:-1]))  # no semicolon
     with pytest.raises(SimulationError, match="mx_cell.v"):
         parse_pyverilog(tmp_path)
-    cell.write_text(good.replace("assign product_o = product_q;", "assign product_o = product_q[7:0];"))
+    cell.write_text(good.replace(line, "assign product_o = product_q2[7:0];"))
     result = lint_verilator(tmp_path)
     assert not result.clean and any("WIDTH" in w for w in result.warnings)
 

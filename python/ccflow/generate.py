@@ -29,7 +29,8 @@ that are not fixed by docs/hardware.md are chosen here:
 ``psum_bits``       weight + act + clog2(cols) + 1: an exact in-tile row sum
 ``tree_stages``     max(1, clog2(cols)): registered adder levels of a row sum
 ``tag_bits``        clog2(layers + 2): token tags, one per token with uncounted saturations
-``array_stages``    tree_stages + 3: mx_array's latency, inputs to row sums
+``cell_stages``     :data:`CELL_STAGES`: mx_cell's latency, inputs to product
+``array_stages``    1 + cell_stages + tree_stages: mx_array's latency, inputs to row sums
 ``acc_stage``       array_stages + 5: the cycle S of a tile's accumulation (docs/hardware.md)
 ``n_addr_rows``     the distinct rows of act words of the tiles (addrs.mem, :func:`address_rows`)
 ``row_group``       4: array rows served by one register copy of the columns' inputs
@@ -58,6 +59,10 @@ MEM_FILES = ("weights.mem", "selects.mem", "addrs.mem", "tiles.mem", "bias.mem",
 
 class RenderError(RuntimeError):
     """A template that cannot be rendered (undefined variable, syntax error) or a value that does not fit."""
+
+
+# mx_cell's pipeline: select mux, operands beside the multiplier, multiply, product (mx_cell.v.j2)
+CELL_STAGES = 4
 
 
 def bits_for(n: int) -> int:
@@ -118,8 +123,9 @@ def rtl_context(design: Design) -> dict:
         n_mats=n_mats, mat_bits=bits_for(n_mats), n_layers=n_layers, layer_bits=bits_for(n_layers),
         tags=2 ** bits_for(n_layers + 2), tag_bits=bits_for(n_layers + 2),
         tree_levels=tree_levels, tree_stages=max(1, tree_levels),
-        array_stages=max(1, tree_levels) + 3,  # mx_array: cycles from its inputs to its row sums
-        acc_stage=max(1, tree_levels) + 8,  # S: cycle of a tile's accumulation, from its issue in cycle 0
+        cell_stages=CELL_STAGES,
+        array_stages=1 + CELL_STAGES + max(1, tree_levels),  # mx_array: cycles from its inputs to its row sums
+        acc_stage=6 + CELL_STAGES + max(1, tree_levels),  # S: cycle of a tile's accumulation, from its issue in cycle 0
         row_group=4,  # array rows served by one copy of the columns' inputs (mx_array)
         h_stage=11,  # ccflow_pointwise writes h in its stage P11 (S + 3 + 11 from a block's last tile)
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
