@@ -216,7 +216,9 @@ def prepare_enwik8(zip_path: str | Path, out_dir: str | Path) -> Path:
     Each byte is written as its decimal value, newline bytes end lines, so the
     standard loader (whitespace tokens + <eos>) reads it unchanged.
     """
-    zip_path, out_dir = Path(zip_path), Path(out_dir)
+    from .outdir import check_replaceable, staged_dir
+
+    zip_path, out_dir = Path(zip_path), check_replaceable(out_dir, "train.txt", "out")
     if not zip_path.is_file():
         raise CorpusError(f"{zip_path} not found; download enwik8.zip from http://mattmahoney.net/dc/enwik8.zip")
     try:
@@ -228,15 +230,13 @@ def prepare_enwik8(zip_path: str | Path, out_dir: str | Path) -> Path:
     if len(data) < 3 * n_test:
         raise CorpusError(f"{zip_path}: enwik8 holds {len(data)} bytes, expected 100,000,000")
     parts = {"train": data[:-2 * n_test], "valid": data[-2 * n_test:-n_test], "test": data[-n_test:]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split, part in parts.items():
-        buf = io.StringIO()
-        for line in part.split(b"\n"):
-            buf.write(" ".join(map(str, line)))
-            buf.write("\n")
-        tmp = out_dir / f"{split}.txt.tmp"
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, out_dir / f"{split}.txt")
+    with staged_dir(out_dir, "train.txt", option="out") as tmp:  # a failure leaves an earlier split as it was
+        for split, part in parts.items():
+            buf = io.StringIO()
+            for line in part.split(b"\n"):
+                buf.write(" ".join(map(str, line)))
+                buf.write("\n")
+            (tmp / f"{split}.txt").write_text(buf.getvalue())
     return out_dir
 
 
