@@ -144,6 +144,12 @@ CASES = [
     ("summary --rtl {ws}/other", 2, "holds no generated design", {}),
     ("lint --rtl {ws}/nosuch", 2, "does not exist", {}),
     ("sim --rtl {ws}/rtl --sim modelsim", 2, "invalid choice", {}),
+    ("fpga --rtl {ws}/rtl --freq 0 --synth-only", 2, "--freq 0.0 must be a clock target in MHz > 0", {}),
+    ("fpga --rtl {ws}/rtl --freq -5", 2, "--freq -5.0 must be", {}),
+    ("fpga --rtl {ws}/rtl --seed -1", 2, "--seed -1 must be >= 0", {}),
+    ("fpga --rtl {ws}/rtl --placer-density 2", 2, "placer density must be in (0, 1]", {}),
+    ("fpga --rtl {ws}/text.txt --synth-only", 2, "a file, not a folder", {}),
+    ("fpga --rtl {ws}/nosuch --xilinx --no-ecp5", 2, "no such folder", {}),
     # combine
     ("combine {ws}/model.pt --alpha 0", 2, "--alpha 0 must be an int >= 1", {}),
     ("combine {ws}/model.pt --gamma inf", 2, "--gamma inf must be a finite number >= 0", {}),
