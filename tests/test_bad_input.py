@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -63,6 +64,12 @@ def ws(tmp_path_factory):
         (root / "nocols.csv").write_text("a,b\n1,2\n")
         (root / "badvalues.csv").write_text("kind,epoch,train_bpc,valid_bpc,nonzero_weights,packed_cells\n"
                                             "epoch,one,2,3,4,5\n")
+        (root / "log.csv").write_text("kind,epoch,train_bpc,valid_bpc,nonzero_weights,packed_cells\n"
+                                      "epoch,1,3.1,3.0,1000,800\n")
+        (root / "empty.txt").write_text("")
+        shutil.copytree(root / "rtl", root / "damaged")
+        (root / "damaged" / "report.json").write_text('{"config": ')
+        (root / "damaged" / "stimulus.json").write_text('[1, 2]')
         (root / "notazip.zip").write_text("hello\n")
         with zipfile.ZipFile(root / "small.zip", "w") as z:
             z.writestr("enwik8", b"x" * 1000)
@@ -108,6 +115,11 @@ CASES = [
     ("train --config nosuch", 2, "known presets", {}),
     ("train --data {ws}/nosuch.txt --out {ws}/new", 2, "not found", {}),
     # train: where it writes, and on what
+    ("train --data {ws}/model.pt --out {ws}/new", 2, "not UTF-8 text", {}),
+    ("train --data {ws}/empty.txt --out {ws}/new", 2, "is empty; give a text file", {}),
+    ("train --data {ws}/other --out {ws}/new", 2, "is not a corpus directory", {}),
+    ("train --config {ws}/text.txt", 2, "not valid TOML", {}),
+    ("train --config {ws}/nosuch.toml", 2, "does not exist; give a preset name", {}),
     ("train --out {ws}/text.txt", 2, "is a file, not a folder", {}),
     ("train --out {ws}/text.txt/run", 2, "which is a file", {}),
     ("train --out {ws}/leftover", 2, "no checkpoint.pt, so --resume is impossible", {}),
@@ -143,6 +155,9 @@ CASES = [
     ("summary --rtl {ws}/nosuch", 2, "does not exist", {}),
     ("summary --rtl {ws}/other", 2, "holds no generated design", {}),
     ("lint --rtl {ws}/nosuch", 2, "does not exist", {}),
+    ("summary --rtl {ws}/damaged", 2, "report.json is not valid JSON", {}),
+    ("sim --rtl {ws}/damaged", 2, "stimulus.json does not hold what `ccflow rtl` wrote there", {}),
+    ("hls --rtl {ws}/damaged", 2, "stimulus.json does not hold what", {}),
     ("sim --rtl {ws}/rtl --sim modelsim", 2, "invalid choice", {}),
     ("fpga --rtl {ws}/rtl --freq 0 --synth-only", 2, "--freq 0.0 must be a clock target in MHz > 0", {}),
     ("fpga --rtl {ws}/rtl --freq -5", 2, "--freq -5.0 must be", {}),
@@ -162,7 +177,8 @@ CASES = [
     ("plots {ws}/nocols.csv --out {ws}/plots", 2, "lacks the column(s) kind, epoch", {}),
     ("plots {ws}/badvalues.csv --out {ws}/plots", 2, "not a ccflow training log", {}),
     ("plots {ws}/nosuch.csv --out {ws}/plots", 2, "not found", {}),
-    ("plots {ws}/leftover/log.csv --out {ws}/text.txt", 2, "lacks the column(s)", {}),
+    ("plots {ws}/log.csv --out {ws}/text.txt", 2, "--out {ws}/text.txt is a file", {}),
+    ("plots {ws}/log.csv --out {ws}/text.txt/plots", 2, "which is a file", {}),
     # prepare-enwik8
     ("prepare-enwik8 {ws}/nosuch.zip {ws}/enwik", 2, "not found; download enwik8.zip", {}),
     ("prepare-enwik8 {ws}/notazip.zip {ws}/enwik", 2, "not the enwik8 archive", {}),

@@ -142,7 +142,7 @@ def preset_path(name_or_path: str) -> Path:
     """A preset name (``tiny``) or a path to a TOML file."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
-        _check(p.is_file(), f"config file {p} does not exist")
+        _check(p.is_file(), f"config file {p} does not exist; give a preset name (tiny, small, ...) or a .toml path")
         return p
     p = CONFIG_DIR / f"{name_or_path}.toml"
     known = sorted(q.stem for q in CONFIG_DIR.glob("*.toml"))

@@ -124,13 +124,14 @@ def load_corpus(spec: str = "builtin", vocab: tuple[str, ...] | None = None) -> 
 
 def _read_text(path: Path) -> str:
     if not path.is_file():
-        raise CorpusError(f"missing corpus file {path}")
+        raise CorpusError(f"missing corpus file {path}; give an existing file or folder with --data (data.corpus)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise CorpusError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise CorpusError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); a corpus is a UTF-8 text file "
+                          "(enwik8: run `ccflow prepare-enwik8` first)") from None
     if not text.strip():
-        raise CorpusError(f"{path} is empty")
+        raise CorpusError(f"{path} is empty; give a text file with the corpus in it")
     return text
 
 
@@ -178,7 +179,8 @@ def _build(name: str, kind: str, files: dict[str, list[Path]], vocab) -> Corpus:
                               f"model's vocabulary of {len(index)} symbols; evaluate on text from the "
                               "corpus the model was trained on") from None
         if not ids:
-            raise CorpusError(f"corpus {name}: the {s} split is empty ({', '.join(map(str, files[s]))})")
+            raise CorpusError(f"corpus {name}: the {s} split is empty ({', '.join(map(str, files[s]))}); fill it or "
+                              "give another corpus")
         arrays[s] = np.frombuffer(ids, dtype=np.int32).copy()
     return Corpus(name=name, vocab=tuple(index), **arrays)
 
@@ -189,7 +191,7 @@ def _load_cached(name: str, files: dict[str, list[Path]], kind: str, vocab) -> C
     for s in SPLITS:
         for f in files[s]:
             if not f.is_file():
-                raise CorpusError(f"missing corpus file {f}")
+                raise CorpusError(f"missing corpus file {f}; give an existing corpus with --data (data.corpus)")
             st = f.stat()
             h.update(f"{s}:{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     if vocab is not None:

@@ -228,7 +228,8 @@ def _read_json(path: Path, fix: str) -> dict:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FlowError(f"{path} is not valid JSON ({e}); run `make rtl` again to rewrite it") from None
-    _check(isinstance(data, dict), f"{path} does not hold a ccflow report; run `make rtl` again to rewrite it")
+    _check(isinstance(data, dict), f"{path} does not hold what `ccflow rtl` wrote there; run `make rtl` again to "
+           "rewrite it")
     return data
 
 
