@@ -30,6 +30,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def busy_cores(seconds: float = 1.0) -> float:
+    """Cores busy over the next ``seconds`` (from /proc/stat; the load average lags a minute behind)."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+    (t0, i0), _ = sample(), time.sleep(seconds)
+    t1, i1 = sample()
+    return len(os.sched_getaffinity(0)) * (1 - (i1 - i0) / max(t1 - t0, 1))
+
+
 def _env(cache: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "CCFLOW_THREADS")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"), env.get("PYTHONPATH")]))
@@ -66,9 +77,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-contention-") as tmp:
         work = Path(tmp)
         env = _env(work / "cache")
-        load = os.getloadavg()[0]
-        print(f"{args.config}, {args.epochs} epoch(s), {len(os.sched_getaffinity(0))} cores, "
-              f"load average {load:.2f} at start" + ("  (NOT idle: figures unreliable)" if load > 0.5 else ""))
+        used = busy_cores()
+        print(f"{args.config}, {args.epochs} epoch(s), {len(os.sched_getaffinity(0))} cores, {used:.2f} cores busy "
+              "at start" + ("  (NOT idle: figures unreliable)" if used > 0.2 else ""))
         _runs(args, work, env, 1, "warmup")  # tokenizes the corpus into the cache once
         alone = min(_runs(args, work, env, 1, "alone")[0] for _ in range(args.repeat))
         busy = []
@@ -80,6 +91,9 @@ def main() -> None:
                 hog.kill()
                 hog.wait()
         pair = [min(ts) for ts in zip(*(_runs(args, work, env, 2, "pair") for _ in range(args.repeat)))]
+    after = busy_cores()
+    if after > 0.2:
+        print(f"{after:.2f} cores busy at the end: something else ran meanwhile, figures unreliable")
     print(f"alone                       {alone:6.1f} s")
     print(f"next to one busy process    {min(busy):6.1f} s   ratio {min(busy) / alone:.2f} (target <= 1.2)")
     for i, t in enumerate(pair):
