@@ -9,9 +9,11 @@ than with 1. So:
 
 1. ``--threads N`` (the ``threads`` argument) wins;
 2. else ``CCFLOW_THREADS``, then ``OMP_NUM_THREADS`` set by the user;
-3. else a model under :data:`SMALL_MODEL` parameters gets 1 thread (its matrices
-   are too small to gain from more, measured on the tiny preset), and a larger
-   one the cores that are free: the CPUs this process may run on
+3. else a model under :data:`SMALL_MODEL` parameters gets 1 thread (alone on an
+   idle machine the tiny preset is 5% faster on 2 threads, 14.3 s against 15.0 s
+   an epoch, but next to anything else 2 threads collapse, 279 s against 16 s,
+   and the load average is a minute too late to see a job started beside it),
+   and a larger one the cores that are free: the CPUs this process may run on
    (``os.sched_getaffinity``) minus the 1-minute load average of the others,
    divided among the processes of a ``torchrun`` group on this host.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-SMALL_MODEL = 1_000_000  # parameters; below this one thread is as fast as two, alone or not
+SMALL_MODEL = 1_000_000  # parameters; below this one thread is always safe and at most ~5% slower
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
