@@ -22,7 +22,7 @@ GEN_SOURCES := $(wildcard rtl_templates/* hls/*) $(addprefix python/ccflow/,arra
                fixedpoint.py quantize.py golden.py generate.py hls.py flow.py)
 
 .PHONY: all help setup train rtl sim sim-all hls summary test test-fast bench bench-combine bench-train \
-        plots experiments lint clean fpga bench-fpga
+        plots experiments lint clean fpga bench-fpga bench-contention
 
 all: sim-all hls summary ## the whole flow on CONFIG (default tiny): train, rtl, both simulators, HLS check, summary
 
@@ -79,13 +79,16 @@ FPGA_ARGS ?=
 fpga: $(REPORT) ## synthesize, place and route BUILD/rtl for the ECP5 LFE5U-85F (yosys + nextpnr): resources, Fmax, tokens/s
 	$(CCFLOW) fpga --rtl $(RTL) $(FPGA_ARGS)
 
-bench: bench-combine bench-train bench-fpga ## all benchmarks
+bench: bench-combine bench-train bench-contention bench-fpga ## all benchmarks
 
 bench-combine: $(SETUP) ## column combining: ours vs a naive greedy merge, random and paper-size matrices
 	$(PY) bench/bench_combine.py
 
 bench-train: $(SETUP) ## time per training step: dense vs masked+combining vs torch.nn.LSTM
 	$(PY) bench/bench_train.py
+
+bench-contention: $(SETUP) ## tiny training alone, next to a busy process, two at once: time ratios (idle machine)
+	$(PY) bench/bench_contention.py
 
 bench-fpga: $(REPORT) ## FPGA targets on BUILD/rtl: synthesis time/memory, Fmax, cycles per token, tokens/s
 	$(PY) bench/bench_fpga.py --rtl $(RTL)

@@ -57,6 +57,7 @@ class NumberFormats:
         _check(self.act_bits <= self.cell_bits <= 32, f"cell_bits={self.cell_bits} must be in act_bits..32")
         _check(0 <= self.lut_frac <= self.act_frac, f"lut_frac={self.lut_frac} must be in 0..act_frac")
         _check(0 <= self.logit_frac < self.act_bits, f"logit_frac={self.logit_frac} must be in 0..act_bits-1")
+        _check(0 <= self.max_shift <= 63, f"max_shift={self.max_shift} must be in 0..63")
 
     @property
     def lut_shift(self) -> int:

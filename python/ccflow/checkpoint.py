@@ -24,6 +24,7 @@ interrupted save leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,18 +113,34 @@ def atomic_save(obj, path: str | Path) -> None:
 def read_checkpoint(path: str | Path, device="cpu") -> dict:
     """The raw checkpoint dict, loaded with weights_only=True and checked for our format."""
     path = Path(path)
+    if path.is_dir():
+        inside = [n for n in ("model.pt", "checkpoint.pt") if (path / n).is_file()]
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file inside it"
+                              + (f": {path / inside[0]}" if inside else " (model.pt of a `ccflow train --out` folder)"))
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train one first (python -m ccflow train --out DIR)")
     try:
         ck = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises several types for foreign or damaged files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable ccflow checkpoint ({first})") from None
+    except Exception as e:  # torch raises several types for foreign or damaged files; its advice is not ours
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL (\S+)", str(e))
+        if found:
+            raise CheckpointError(f"{path} holds pickled Python objects ({found.group(1)}) that could run code; "
+                                  "ccflow never writes those and will not load them: use a model.pt or "
+                                  "checkpoint.pt written by `ccflow train`") from None
+        raise CheckpointError(f"{path} is not a ccflow checkpoint (not a readable PyTorch file: damaged, truncated "
+                              "or another format); use a model.pt or checkpoint.pt written by `ccflow train`") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ccflow checkpoint (no format tag {FORMAT!r})")
     if ck.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {ck.get('version')}, this ccflow reads {VERSION}; "
                               "re-train or use the matching ccflow version")
+    kinds = {"kind": str, "config": dict, "vocab": list, "model": dict, "epoch": int, "valid_bpc": float}
+    bad = [k for k, t in kinds.items() if not isinstance(ck.get(k), t)]
+    if ck.get("kind") == "full" and not isinstance(ck.get("train"), dict):
+        bad.append("train")
+    if bad:
+        raise CheckpointError(f"{path} is a damaged ccflow checkpoint (missing or wrong {', '.join(bad)}); "
+                              "restore it or train again")
     return ck
 
 

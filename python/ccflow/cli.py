@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,13 +30,14 @@ def cmd_train(args) -> None:
 
     cfg = load_config(args.config, _overrides(args))
     out = Path(args.out or f"build/{cfg.name}/train")
-    print(run_training(cfg, out, resume=args.resume, device=args.device))
+    print(run_training(cfg, out, resume=args.resume, device=args.device, threads=args.threads))
 
 
 def cmd_eval(args) -> None:
     from .evaluate import evaluate_checkpoint
 
-    bpc = evaluate_checkpoint(args.checkpoint, split=args.split, corpus_spec=args.data)
+    bpc = evaluate_checkpoint(args.checkpoint, split=args.split, corpus_spec=args.data, device=args.device,
+                              threads=args.threads)
     print(f"{args.split} BPC {bpc:.4f}")
 
 
@@ -43,7 +45,7 @@ def cmd_rtl(args) -> None:
     from .flow import build_rtl, summary
 
     build_rtl(args.checkpoint, args.out, overrides=args.set or [], streams=args.streams,
-              stimulus_tokens=args.tokens, score=not args.no_score)
+              stimulus_tokens=args.tokens, score=not args.no_score, threads=args.threads)
     print(summary(args.out))
 
 
@@ -64,13 +66,17 @@ def cmd_hls(args) -> None:
 
 
 def cmd_lint(args) -> None:
+    from .flow import FlowError, require_rtl
     from .simulate import lint_verilator, parse_pyverilog, yosys_stat
 
+    require_rtl(args.rtl)
     modules = parse_pyverilog(args.rtl)
     print(f"pyverilog: {len(modules)} files parsed ({sum(len(m) for m in modules.values())} modules)")
     lint = lint_verilator(args.rtl)
     if not lint.clean:
-        raise SystemExit("verilator --lint-only -Wall: " + ("\n".join(lint.warnings) or lint.output))
+        print("\n".join(lint.warnings) or lint.output, file=sys.stderr)
+        raise FlowError(f"verilator --lint-only -Wall found {len(lint.warnings) or 'some'} warning(s) in {args.rtl} "
+                        "(listed above); regenerate it with `ccflow rtl` or fix the template")
     print("verilator --lint-only -Wall: clean")
     if not args.no_yosys:
         stat = yosys_stat(args.rtl)
@@ -99,12 +105,18 @@ def cmd_prepare_enwik8(args) -> None:
 
 
 def cmd_combine(args) -> None:
+    from .arrayconfig import ConfigError
     from .checkpoint import load_model
-    from .combine import combine_columns, lstm_matrix
+    from .combine import _check_params, combine_columns, lstm_matrix
     from .design import column_banks
 
-    trained = load_model(args.checkpoint)
     row_block = args.row_block or None
+    try:  # combine's own checks, named as the options that feed them
+        _check_params(args.alpha, args.gamma, row_block)
+    except ValueError as e:
+        msg = str(e).replace("alpha=", "--alpha ").replace("gamma=", "--gamma ").replace("row_block=", "--row-block ")
+        raise ConfigError(msg.replace("must be None (no row split) or", "must be 0 (no row split) or")) from None
+    trained = load_model(args.checkpoint)
     for k, layer in enumerate(trained.model.layers):
         w_ih, w_hh = (w.detach().cpu().numpy() for w in layer.effective_weights())
         banks = column_banks(w_ih.shape[1], w_ih.shape[1] + w_hh.shape[1], args.alpha)  # the hardware's bank rule
@@ -138,6 +150,10 @@ def cmd_fpga(args) -> None:
         raise SystemExit(1)
 
 
+THREADS_HELP = ("CPU threads (default: 1 for a small model, else the free cores; CCFLOW_THREADS or "
+                "OMP_NUM_THREADS set in the environment also choose)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ccflow", description="Column-combined LSTM language models, from "
                                 "training to bit-exact hardware: train -> rtl -> sim.")
@@ -150,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="corpus: builtin, ptbc-small, a train/valid/test.txt folder or a text file")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    t.add_argument("--threads", type=int, help=THREADS_HELP)
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. model.nhid=256")
     t.set_defaults(func=cmd_train)
 
@@ -157,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
     e.add_argument("--data", help="corpus to score (default: the one it was trained on)")
+    e.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    e.add_argument("--threads", type=int, help=THREADS_HELP)
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("rtl", help="quantize, pack, render Verilog + HLS C++ + ROMs, score fixed-point BPC")
@@ -165,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tokens", type=int, default=64, help="held-out test tokens to store as simulation stimulus")
     r.add_argument("--streams", type=int, default=16, help="parallel streams for scoring BPC")
     r.add_argument("--no-score", action="store_true", help="skip the float/fixed BPC evaluation")
+    r.add_argument("--threads", type=int, help=THREADS_HELP)
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override e.g. array.cols=16")
     r.set_defaults(func=cmd_rtl)
 
@@ -190,9 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("combine", help="column-combine a checkpoint's LSTM matrices and print the packing")
     c.add_argument("checkpoint")
-    c.add_argument("--alpha", type=int, default=8)
-    c.add_argument("--gamma", type=float, default=0.0)
-    c.add_argument("--row-block", type=int, default=0)
+    c.add_argument("--alpha", type=int, default=8, help="columns per group (MX cell inputs), >= 1")
+    c.add_argument("--gamma", type=float, default=0.0, help="conflicts per row allowed in a group, >= 0")
+    c.add_argument("--row-block", type=int, default=0, help="combine separately per block of N rows (0: no split)")
     c.set_defaults(func=cmd_combine)
 
     fp = sub.add_parser("fpga", help="ECP5 LFE5U-85F synthesis + place and route (yosys, nextpnr): resources, "
@@ -222,31 +242,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .arrayconfig import ConfigError
-    from .corpus import CorpusError
-
-    known: tuple[type[BaseException], ...] = (ConfigError, CorpusError, FileNotFoundError)
-    from .checkpoint import CheckpointError
-    from .quantize import QuantizeError
+    args = build_parser().parse_args(argv)
     from .train import TrainingInterrupted
 
-    known += (CheckpointError, QuantizeError)
-    args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except known as e:
-        print(f"ccflow {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except TrainingInterrupted as e:  # SIGINT/SIGTERM: the state is saved, the message says --resume
         print(f"ccflow {args.command}: {e}", file=sys.stderr)
         return 130
-    except FloatingPointError as e:  # training diverged; the message names the lr
-        print(f"ccflow {args.command}: error: {e}", file=sys.stderr)
-        return 3
     except KeyboardInterrupt:
         print(f"ccflow {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        code, message = _refusal(e)
+        if code == 1 and os.environ.get("CCFLOW_TRACEBACK"):
+            raise
+        print(f"ccflow {args.command}: {message}", file=sys.stderr)
+        return code
     return 0
+
+
+def _refusal(e: Exception) -> tuple[int, str]:
+    """(exit status, one-line message) for an error that ended a command."""
+    if isinstance(e, FloatingPointError):  # training diverged; the message names the lr
+        return 3, f"error: {e}"
+    if _ours(e):  # ccflow's own errors name what is wrong and the fix
+        return 2, f"error: {_one_line(e)}"
+    if isinstance(e, OSError):  # a file or folder the system refused: name it
+        where = f" {e.filename}:" if e.filename else ""
+        return 2, f"error:{where} {e.strerror or _one_line(e)}; check the path and its permissions"
+    return 1, (f"internal error: {type(e).__name__}: {_one_line(e)} (a bug in ccflow; rerun with "
+               "CCFLOW_TRACEBACK=1 and report the traceback)")
+
+
+def _ours(e: BaseException) -> bool:
+    """ccflow's own errors (ConfigError, CheckpointError, FlowError, ...): their messages name the fix."""
+    return any(c.__module__.startswith("ccflow.") for c in type(e).__mro__)
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an error message (a tool's log tail, if any, stays in the log it names)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -173,8 +173,8 @@ def _as_matrix(weight, name: str = "weight") -> np.ndarray:
 def _check_params(alpha, gamma, row_block) -> None:
     if isinstance(alpha, bool) or not isinstance(alpha, Integral) or alpha < 1:
         raise ValueError(f"alpha={alpha!r} must be an int >= 1 (columns per group, e.g. 8)")
-    if isinstance(gamma, bool) or not isinstance(gamma, Real) or math.isnan(gamma) or gamma < 0:
-        raise ValueError(f"gamma={gamma!r} must be a number >= 0 (0 = conflict-free; conflicts per row allowed)")
+    if isinstance(gamma, bool) or not isinstance(gamma, Real) or not math.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"gamma={gamma!r} must be a finite number >= 0 (0 = conflict-free; conflicts per row allowed)")
     if row_block is not None and (isinstance(row_block, bool) or not isinstance(row_block, Integral)
                                   or row_block < 1):
         raise ValueError(f"row_block={row_block!r} must be None (no row split) or an int >= 1 (array rows)")

@@ -10,6 +10,7 @@ training the default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields
@@ -69,11 +70,15 @@ class TrainConfig:
     max_batches: int = 0  # >0 caps batches per epoch (quick runs, tests)
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, f"train.epochs={self.epochs} must be >= 1")
-        _check(self.batch_size >= 1 and self.bptt >= 2, "train.batch_size must be >= 1 and train.bptt >= 2")
+        for name in ("epochs", "batch_size", "eval_batch_size", "test_batch_size", "log_interval"):
+            _check(getattr(self, name) >= 1, f"train.{name}={getattr(self, name)} must be >= 1")
+        _check(self.bptt >= 2, f"train.bptt={self.bptt} must be >= 2")
         _check(self.lr > 0, f"train.lr={self.lr} must be > 0")
         _check(self.optimizer in ("adam", "sgd"), f"train.optimizer={self.optimizer!r} must be 'adam' or 'sgd'")
-        _check(self.clip >= 0 and self.wdecay >= 0, "train.clip and train.wdecay must be >= 0")
+        for name in ("clip", "wdecay", "ar", "tar", "max_batches"):
+            _check(getattr(self, name) >= 0, f"train.{name}={getattr(self, name)} must be >= 0")
+        _check(all(e >= 1 for e in self.when), f"train.when={list(self.when)} must list epochs >= 1")
+        _check(0 <= self.seed < 2**32, f"train.seed={self.seed} must be in 0..2**32-1 (numpy's seed range)")
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,7 @@ def preset_path(name_or_path: str) -> Path:
     """A preset name (``tiny``) or a path to a TOML file."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
-        _check(p.is_file(), f"config file {p} does not exist")
+        _check(p.is_file(), f"config file {p} does not exist; give a preset name (tiny, small, ...) or a .toml path")
         return p
     p = CONFIG_DIR / f"{name_or_path}.toml"
     known = sorted(q.stem for q in CONFIG_DIR.glob("*.toml"))
@@ -194,6 +199,7 @@ def _coerce(hint, value, key: str):
         return value
     if hint is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{key} must be a number, got {value!r}")
+        _check(math.isfinite(value), f"{key}={value} must be a finite number")  # every float setting, here once
         return float(value)
     if hint is str:
         _check(isinstance(value, str), f"{key} must be a string, got {value!r}")

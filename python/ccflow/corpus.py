@@ -124,13 +124,14 @@ def load_corpus(spec: str = "builtin", vocab: tuple[str, ...] | None = None) -> 
 
 def _read_text(path: Path) -> str:
     if not path.is_file():
-        raise CorpusError(f"missing corpus file {path}")
+        raise CorpusError(f"missing corpus file {path}; give an existing file or folder with --data (data.corpus)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise CorpusError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise CorpusError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); a corpus is a UTF-8 text file "
+                          "(enwik8: run `ccflow prepare-enwik8` first)") from None
     if not text.strip():
-        raise CorpusError(f"{path} is empty")
+        raise CorpusError(f"{path} is empty; give a text file with the corpus in it")
     return text
 
 
@@ -178,7 +179,8 @@ def _build(name: str, kind: str, files: dict[str, list[Path]], vocab) -> Corpus:
                               f"model's vocabulary of {len(index)} symbols; evaluate on text from the "
                               "corpus the model was trained on") from None
         if not ids:
-            raise CorpusError(f"corpus {name}: the {s} split is empty ({', '.join(map(str, files[s]))})")
+            raise CorpusError(f"corpus {name}: the {s} split is empty ({', '.join(map(str, files[s]))}); fill it or "
+                              "give another corpus")
         arrays[s] = np.frombuffer(ids, dtype=np.int32).copy()
     return Corpus(name=name, vocab=tuple(index), **arrays)
 
@@ -189,7 +191,7 @@ def _load_cached(name: str, files: dict[str, list[Path]], kind: str, vocab) -> C
     for s in SPLITS:
         for f in files[s]:
             if not f.is_file():
-                raise CorpusError(f"missing corpus file {f}")
+                raise CorpusError(f"missing corpus file {f}; give an existing corpus with --data (data.corpus)")
             st = f.stat()
             h.update(f"{s}:{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
     if vocab is not None:
@@ -216,7 +218,9 @@ def prepare_enwik8(zip_path: str | Path, out_dir: str | Path) -> Path:
     Each byte is written as its decimal value, newline bytes end lines, so the
     standard loader (whitespace tokens + <eos>) reads it unchanged.
     """
-    zip_path, out_dir = Path(zip_path), Path(out_dir)
+    from .outdir import check_replaceable, staged_dir
+
+    zip_path, out_dir = Path(zip_path), check_replaceable(out_dir, "train.txt", "out")
     if not zip_path.is_file():
         raise CorpusError(f"{zip_path} not found; download enwik8.zip from http://mattmahoney.net/dc/enwik8.zip")
     try:
@@ -228,15 +232,13 @@ def prepare_enwik8(zip_path: str | Path, out_dir: str | Path) -> Path:
     if len(data) < 3 * n_test:
         raise CorpusError(f"{zip_path}: enwik8 holds {len(data)} bytes, expected 100,000,000")
     parts = {"train": data[:-2 * n_test], "valid": data[-2 * n_test:-n_test], "test": data[-n_test:]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split, part in parts.items():
-        buf = io.StringIO()
-        for line in part.split(b"\n"):
-            buf.write(" ".join(map(str, line)))
-            buf.write("\n")
-        tmp = out_dir / f"{split}.txt.tmp"
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, out_dir / f"{split}.txt")
+    with staged_dir(out_dir, "train.txt", option="out") as tmp:  # a failure leaves an earlier split as it was
+        for split, part in parts.items():
+            buf = io.StringIO()
+            for line in part.split(b"\n"):
+                buf.write(" ".join(map(str, line)))
+                buf.write("\n")
+            (tmp / f"{split}.txt").write_text(buf.getvalue())
     return out_dir
 
 

@@ -47,15 +47,18 @@ def evaluate(model, data, batch_size: int, bptt: int, device="cpu") -> float:
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", corpus_spec: str | None = None,
-                        device: str | None = None) -> float:
+                        device: str | None = None, threads: int | None = None) -> float:
     """BPC of a saved model on a split of its corpus (or ``corpus_spec``), tokenized with the model's vocabulary.
 
     Uses the configuration's ``test_batch_size`` for test and ``eval_batch_size`` otherwise, as the toolkit does.
     """
     from .checkpoint import load_model
+    from .runtime import choose_threads, resolve_device, set_threads
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    choose_threads(threads)  # a bad --threads fails before any work
+    device = resolve_device(device)
     tm = load_model(path, device)
+    set_threads(threads, sum(p.numel() for p in tm.model.parameters()))
     corpus = load_corpus(corpus_spec or tm.config.data.corpus, vocab=tm.vocab)
     t = tm.config.train
     batch = t.test_batch_size if split == "test" else t.eval_batch_size

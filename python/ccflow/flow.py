@@ -20,9 +20,17 @@ REPORT = "report.json"
 STIMULUS = "stimulus.json"
 
 
+class FlowError(ValueError):
+    """A stage that cannot run or whose check failed; the message names the file or setting and the fix."""
+
+
 def build_rtl(checkpoint: str | Path, out_dir: str | Path, overrides=(), streams: int = 16,
-              stimulus_tokens: int = 64, score: bool = True) -> dict:
-    """Quantize a trained model, render Verilog + HLS + ROMs, pick the held-out stimulus, score BPC."""
+              stimulus_tokens: int = 64, score: bool = True, threads: int | None = None) -> dict:
+    """Quantize a trained model, render Verilog + HLS + ROMs, pick the held-out stimulus, score BPC.
+
+    Everything is checked and computed before ``out_dir`` is touched; the folder is then replaced whole.
+    ``threads``: CPU threads for scoring (default: :func:`ccflow.runtime.choose_threads`).
+    """
     import torch
 
     from .checkpoint import load_model
@@ -31,19 +39,24 @@ def build_rtl(checkpoint: str | Path, out_dir: str | Path, overrides=(), streams
     from .generate import render_rtl
     from .golden import fixed_point_bpc
     from .hls import render_hls
+    from .outdir import check_replaceable, staged_dir
     from .quantize import FloatModel, quantize
+    from .runtime import choose_threads, set_threads
 
-    out_dir = Path(out_dir)
+    _check(stimulus_tokens >= 1, f"--tokens {stimulus_tokens}: the stimulus needs at least 1 token; "
+           "give a positive count (default 64)")
+    _check(streams >= 1, f"--streams {streams}: scoring needs at least 1 stream; give a positive count (default 16)")
+    choose_threads(threads)
+    out_dir = check_replaceable(out_dir, REPORT)
     trained = load_model(checkpoint)
+    set_threads(threads, sum(p.numel() for p in trained.model.parameters()))
     cfg: Config = trained.config.replace(overrides)
     design = quantize(FloatModel.from_torch(trained.model), cfg.array, trained.packings)
-    render_rtl(design, out_dir)
-    render_hls(design, out_dir / "hls")
-
-    corpus = load_corpus(cfg.data.corpus, vocab=trained.vocab)
+    corpus = load_corpus(cfg.data.corpus, vocab=trained.vocab)  # before writing anything: it may have moved
     test = corpus.test
+    _check(len(test) >= 2, f"the test split of {corpus.name} has {len(test)} tokens; scoring and simulation need "
+           "at least 2: use a larger corpus (--set data.corpus=...)")
     stimulus = [int(t) for t in test[:stimulus_tokens]]
-    _write_json(out_dir / STIMULUS, {"split": "test", "tokens": stimulus, "text": corpus.decode(stimulus)})
 
     report = {
         "config": cfg.name, "corpus": corpus.name, "checkpoint": str(checkpoint), "vocab": corpus.ntokens,
@@ -54,12 +67,18 @@ def build_rtl(checkpoint: str | Path, out_dir: str | Path, overrides=(), streams
         "matrices": [asdict(m) for m in design.matrices], "sims": {}, "hls": None,
     }
     if score:
-        streams = max(1, min(streams, len(test) // 2))
+        streams = min(streams, len(test) // 2)
         with torch.no_grad():
             float_bpc = evaluate(trained.model, test, streams, cfg.train.bptt)
         report.update(float_bpc=float_bpc, fixed_bpc=fixed_point_bpc(design, test, streams, progress=True),
                       bpc_streams=streams, test_tokens=len(test))
-    _write_json(out_dir / REPORT, report)
+    # Built beside out_dir and swapped in whole: a failure above or here leaves the previous design as it was.
+    # The simulator build cache and the FPGA results (checked against the RTL's digest) carry over.
+    with staged_dir(out_dir, REPORT, keep=("sim", "fpga", "fpga_report.json")) as tmp:
+        render_rtl(design, tmp)
+        render_hls(design, tmp / "hls")
+        _write_json(tmp / STIMULUS, {"split": "test", "tokens": stimulus, "text": corpus.decode(stimulus)})
+        _write_json(tmp / REPORT, report)
     return report
 
 
@@ -67,14 +86,13 @@ def simulate(rtl_dir: str | Path, sim: str = "icarus", tokens: int | None = None
     """Run the top-level cocotb bench over the stored stimulus; raise if not bit-exact."""
     from .simulate import run_top
 
-    rtl_dir = Path(rtl_dir)
-    stim = _read_json(rtl_dir / STIMULUS, "run `make rtl` first")["tokens"]
-    if tokens is not None:
-        stim = stim[:tokens]
+    rtl_dir = require_rtl(rtl_dir)
+    stim = _stimulus(rtl_dir)
+    stim = _first_tokens(stim, tokens, rtl_dir)
     result = run_top(rtl_dir, sim=sim, tokens=stim)
     _update_report(rtl_dir, lambda r: r["sims"].__setitem__(sim, _plain(result)))
     if not result.passed:
-        raise SystemExit(f"{sim}: hardware differs from the golden model; see {result.log_path}")
+        raise FlowError(_sim_failure(sim, result))
     return _plain(result)
 
 
@@ -83,19 +101,27 @@ def check_hls(rtl_dir: str | Path, tokens: int | None = None) -> dict:
     from .design import Design
     from .hls import check_hls as run_check
 
-    rtl_dir = Path(rtl_dir)
-    stim = _read_json(rtl_dir / STIMULUS, "run `make rtl` first")["tokens"]
-    if tokens is not None:
-        stim = stim[:tokens]
+    rtl_dir = require_rtl(rtl_dir)
+    stim = _stimulus(rtl_dir)
+    stim = _first_tokens(stim, tokens, rtl_dir)
     result = run_check(Design.load(rtl_dir), rtl_dir / "hls", stim)
     _update_report(rtl_dir, lambda r: r.__setitem__("hls", _plain(result)))
     if not result.bit_exact:
-        raise SystemExit(f"HLS C simulation differs from the golden model: {result.first_mismatch}")
+        raise FlowError(f"HLS C simulation differs from the golden model: {result.first_mismatch}")
     return _plain(result)
 
 
 def summary(rtl_dir: str | Path) -> str:
-    r = _read_json(Path(rtl_dir) / REPORT, "run `make rtl` first")
+    rtl_dir = require_rtl(rtl_dir)
+    r = _read_json(rtl_dir / REPORT, "run `make rtl` first")
+    try:
+        return _summary(rtl_dir, r)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise FlowError(f"{Path(rtl_dir) / REPORT} is incomplete or damaged ({type(e).__name__}: {e}); "
+                        "run `ccflow rtl` (make rtl) again to rewrite it") from None
+
+
+def _summary(rtl_dir: str | Path, r: dict) -> str:
     lines = [f"ccflow summary ({r['config']}, {Path(rtl_dir)})",
              f"  corpus          {r['corpus']} (vocabulary {r['vocab']})"]
     if "float_bpc" in r:
@@ -151,10 +177,60 @@ def _plain(result) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
+def require_rtl(rtl_dir: str | Path) -> Path:
+    """``rtl_dir`` if it is a folder written by ``ccflow rtl``, else :class:`FlowError` naming the fix."""
+    rtl_dir = Path(rtl_dir)
+    _check(rtl_dir.exists(), f"--rtl {rtl_dir} does not exist; give the folder written by `ccflow rtl --out` "
+           "(make rtl)")
+    _check(rtl_dir.is_dir(), f"--rtl {rtl_dir} is a file; give the folder written by `ccflow rtl --out`")
+    _check((rtl_dir / "ccflow_top.v").is_file(), f"--rtl {rtl_dir} holds no generated design (no ccflow_top.v); "
+           "give the folder written by `ccflow rtl --out` (make rtl)")
+    return rtl_dir
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise FlowError(message)
+
+
+def _first_tokens(stim: list, tokens: int | None, rtl_dir: Path) -> list:
+    if tokens is not None:
+        _check(tokens >= 1, f"--tokens {tokens}: simulate at least 1 token (or leave --tokens out for all {len(stim)})")
+        stim = stim[:tokens]
+    _check(bool(stim), f"{rtl_dir / STIMULUS} holds no tokens; run `ccflow rtl --tokens N` with N >= 1")
+    return stim
+
+
+def _sim_failure(sim: str, result) -> str:
+    """One line: which ROM the simulator could not read (as its $readmemh said), else the bench's verdict."""
+    from .simulate import readmem_errors
+
+    errors = readmem_errors(Path(result.log_path))
+    if errors:
+        return (f"{sim}: a ROM could not be read ({errors[0]}); run `ccflow rtl` (make rtl) again to rewrite "
+                f"the .mem files; log {result.log_path}")
+    return f"{sim}: hardware differs from the golden model ({result.message or 'no message'}); see {result.log_path}"
+
+
+def _stimulus(rtl_dir: Path) -> list[int]:
+    stim = _read_json(rtl_dir / STIMULUS, "run `make rtl` first").get("tokens")
+    _check(isinstance(stim, list) and all(isinstance(t, int) for t in stim),
+           f"{rtl_dir / STIMULUS} holds no token list; run `ccflow rtl` (make rtl) again to rewrite it")
+    return stim
+
+
 def _read_json(path: Path, fix: str) -> dict:
-    if not path.is_file():
-        raise SystemExit(f"{path} not found; {fix}")
-    return json.loads(path.read_text())
+    if path.is_dir() and (path / REPORT).is_file():
+        path = path / REPORT
+    _check(path.parent.is_dir(), f"{path.parent} is not a folder; give the rtl folder written by `ccflow rtl --out`")
+    _check(path.is_file(), f"{path} not found; {fix}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FlowError(f"{path} is not valid JSON ({e}); run `make rtl` again to rewrite it") from None
+    _check(isinstance(data, dict), f"{path} does not hold what `ccflow rtl` wrote there; run `make rtl` again to "
+           "rewrite it")
+    return data
 
 
 def _write_json(path: Path, data: dict) -> None:

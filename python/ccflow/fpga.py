@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -112,7 +113,12 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
     if router not in ("router1", "router2"):
         raise FpgaError(f"router must be router1 or router2, not {router!r}")
     if placer_density is not None and not 0.0 < placer_density <= 1.0:
-        raise FpgaError(f"placer density must be in (0, 1], not {placer_density}")
+        raise FpgaError(f"--placer-density: placer density must be in (0, 1], not {placer_density} "
+                        "(lower spreads congested logic)")
+    if not (math.isfinite(freq_mhz) and freq_mhz > 0):
+        raise FpgaError(f"--freq {freq_mhz} must be a clock target in MHz > 0 (default 100)")
+    if seed < 0:
+        raise FpgaError(f"--seed {seed} must be >= 0 (nextpnr's placement seed)")
     rtl_dir = Path(rtl_dir)
     sources = _sources(rtl_dir)
     work = _fresh_workdir(rtl_dir / WORK, keep=("xilinx",))
@@ -339,7 +345,8 @@ def _with_harness(rtl_dir: Path, top: str, sources: list[str], harness: bool, su
 
 def _sources(rtl_dir: Path) -> list[str]:
     if not rtl_dir.is_dir():
-        raise FpgaError(f"{rtl_dir}: no such folder (run `make rtl` first)")
+        raise FpgaError(f"--rtl {rtl_dir}: {'a file, not a folder' if rtl_dir.exists() else 'no such folder'}; "
+                        "give the folder written by `ccflow rtl --out` (make rtl)")
     names = sorted(p.name for p in rtl_dir.glob("*.v"))
     if not names:
         raise FpgaError(f"{rtl_dir}: no Verilog (*.v) files (run `make rtl` first)")

@@ -9,6 +9,7 @@ run directory.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import matplotlib
@@ -16,19 +17,43 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .outdir import check_out_dir  # noqa: E402
+
+
+COLUMNS = ("kind", "epoch", "train_bpc", "valid_bpc", "nonzero_weights", "packed_cells")
+
+
+class PlotError(ValueError):
+    """A log that cannot be plotted; the message names the file and the fix."""
+
 
 def _epochs(path: Path) -> dict[str, list[float]]:
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["kind"] == "epoch"]
-    cols = ("epoch", "train_bpc", "valid_bpc", "nonzero_weights", "packed_cells")
-    return {c: [float(r[c]) if r[c] else float("nan") for r in rows] for c in cols}
+    if path.is_dir():
+        hint = f": {path / 'log.csv'}" if (path / "log.csv").is_file() else " (log.csv of a `ccflow train --out` folder)"
+        raise PlotError(f"{path} is a folder; give the log file inside it{hint}")
+    if not path.is_file():
+        raise PlotError(f"{path} not found; give the log.csv written by `ccflow train`")
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise PlotError(f"{path} lacks the column(s) {', '.join(missing)}; give a log.csv written by "
+                                "`ccflow train`")
+            rows = [r for r in reader if r["kind"] == "epoch"]
+        return {c: [float(r[c]) if r[c] else float("nan") for r in rows] for c in COLUMNS[1:]}
+    except (UnicodeDecodeError, ValueError, csv.Error) as e:
+        if isinstance(e, PlotError):
+            raise
+        raise PlotError(f"{path} is not a ccflow training log ({type(e).__name__}); give a log.csv written by "
+                        "`ccflow train`") from None
 
 
 def plot_training(log_csv_paths, out_dir) -> list[Path]:
     """Write bpc_vs_epoch.png, nonzeros_vs_epoch.png, bpc_vs_packed_cells.png; return their paths."""
-    out_dir = Path(out_dir)
+    runs = [(Path(p).parent.name or str(p), _epochs(Path(p))) for p in log_csv_paths]  # all read before writing
+    out_dir = check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [(Path(p).parent.name or str(p), _epochs(Path(p))) for p in log_csv_paths]
     figs = {name: plt.subplots(figsize=(7, 4.5)) for name in ("bpc_vs_epoch", "nonzeros_vs_epoch",
                                                               "bpc_vs_packed_cells")}
     for label, r in runs:
@@ -58,7 +83,9 @@ def plot_training(log_csv_paths, out_dir) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=120)
+        tmp = out_dir / f".{name}.tmp{os.getpid()}.png"
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)  # an earlier figure stays whole until the new one is complete
         plt.close(fig)
         paths.append(path)
     return paths

@@ -281,6 +281,25 @@ def _failure_reason(log_path: Path) -> str:
     return f"failed; see {log_path}"
 
 
+def readmem_errors(log_path: Path) -> list[str]:
+    """What the simulator said about ``$readmemh`` files it could not read (missing, damaged), one line each.
+
+    Icarus: ``ERROR: ccflow_rom.v:27: $readmemh: Unable to open .../weights.mem for reading.``;
+    Verilator: ``%Error: .../weights.mem:0: $readmem file not found``. Returned without the source position.
+    """
+    if not Path(log_path).is_file():
+        return []
+    found = []
+    for line in Path(log_path).read_text(errors="replace").splitlines():
+        if "readmem" not in line.lower():
+            continue
+        line = re.sub(r"^\s*(%?error|%?warning)\s*:\s*", "", line.strip(), flags=re.I)
+        line = re.sub(r"^\S+\.s?v:\d+:\s*", "", line)  # the Verilog line of the $readmemh call
+        if line and line not in found:
+            found.append(line[:300])
+    return found
+
+
 def run_top(rtl_dir: str | Path, sim: str = "icarus", tokens: Sequence[int] = (), seed: int = 1,
             work_dir: str | Path | None = None, stalls: bool = True, reset: bool = True,
             free_tokens: int | None = None) -> SimResult:

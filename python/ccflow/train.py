@@ -40,7 +40,9 @@ from .config import Config, ConfigError
 from .corpus import load_corpus
 from .evaluate import batchify, evaluate
 from .model import LSTMLanguageModel, detach_hidden, lstm_layers
+from .outdir import check_out_dir
 from .prune import apply_schedule, dense_cells, enforce_masks, final_mask_epoch, mask_optimizer_state, packing_stats
+from .runtime import choose_threads, resolve_device, set_threads
 
 LOG_COLUMNS = ("kind", "epoch", "step", "train_bpc", "valid_bpc", "lr", "ms_per_batch", "chars_per_s",
                "nonzero_weights", "sparsity", "packed_cells", "utilization", "elapsed_s")
@@ -53,14 +55,16 @@ class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM stopped training after a step; the state is in checkpoint.pt."""
 
 
-def run_training(cfg: Config, out_dir: Path, resume: bool = False, device: str | None = None) -> Path:
+def run_training(cfg: Config, out_dir: Path, resume: bool = False, device: str | None = None,
+                 threads: int | None = None) -> Path:
     """Train ``cfg`` into ``out_dir`` and return ``out_dir/model.pt``.
 
     ``resume`` continues checkpoint.pt exactly where it stopped (a finished run
     is left as is; without a checkpoint a new run starts). Without ``resume``
-    an existing run in ``out_dir`` is refused rather than overwritten.
+    an existing run in ``out_dir`` is refused rather than overwritten. ``threads``:
+    CPU threads (default: :func:`ccflow.runtime.choose_threads` by model size and free cores).
     """
-    trainer = Trainer(cfg, Path(out_dir), resume, device)
+    trainer = Trainer(cfg, Path(out_dir), resume, device, threads)
     try:
         trainer.fit()
     finally:
@@ -69,8 +73,10 @@ def run_training(cfg: Config, out_dir: Path, resume: bool = False, device: str |
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out_dir: Path, resume: bool = False, device: str | None = None):
-        self.cfg, self.out_dir = cfg, out_dir
+    def __init__(self, cfg: Config, out_dir: Path, resume: bool = False, device: str | None = None,
+                 threads: int | None = None):
+        self.cfg, self.out_dir, self.threads = cfg, check_out_dir(out_dir), threads
+        choose_threads(threads)  # a bad --threads or OMP_NUM_THREADS fails before any work
         self.ckpt_path, self.model_path, self.log_path = (out_dir / n for n in ("checkpoint.pt", "model.pt", "log.csv"))
         self._old_handlers, self.owns_group = {}, False
         self._setup_distributed(device)
@@ -93,6 +99,8 @@ class Trainer:
         if self.world > 1 and self.rank == 0:
             dist.barrier()
         self.model = LSTMLanguageModel(self.corpus.ntokens, cfg.model).to(self.device)
+        if self.device.type == "cpu":
+            set_threads(self.threads, sum(p.numel() for p in self.model.parameters()))
         torch.manual_seed(t.seed + self.rank)  # own dropout draws per rank; weights come from rank 0 anyway
         params = list(self.model.parameters())
         if t.optimizer == "adam":
@@ -124,7 +132,7 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         if self.device.type == "cuda":
             if self.device.index is None:  # one GPU per process under torchrun
                 self.device = torch.device("cuda", local_rank)
@@ -132,12 +140,14 @@ class Trainer:
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
             self.owns_group = True
-        if self.world > 1 and self.device.type == "cpu":
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
     def _read_resume(self, resume: bool) -> dict | None:
         if not self.ckpt_path.exists():
+            left = [p.name for p in (self.model_path, self.log_path) if p.exists()]
+            if left:
+                raise ConfigError(f"{self.out_dir} holds {' and '.join(left)} of an earlier run but no checkpoint.pt, "
+                                  "so --resume is impossible and a new run would replace them; choose another "
+                                  "--out, or delete the folder to start over")
             if resume and self.rank == 0:
                 print(f"no checkpoint in {self.out_dir}; starting a new run", file=sys.stderr)
             return None
