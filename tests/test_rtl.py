@@ -17,7 +17,7 @@ from ccflow.quantize import FloatModel, quantize
 from ccflow.simulate import SimulationError, lint_verilator, parse_pyverilog, yosys_stat
 
 MODULES = ["ccflow_accumulator", "ccflow_act_mem", "ccflow_controller", "ccflow_decoder_out", "ccflow_embedding",
-           "ccflow_lut", "ccflow_pipe_reg", "ccflow_pointwise", "ccflow_ram", "ccflow_rom", "ccflow_top", "mx_array", "mx_cell"]
+           "ccflow_lut", "ccflow_mul", "ccflow_pipe_reg", "ccflow_pointwise", "ccflow_ram", "ccflow_rom", "ccflow_top", "mx_array", "mx_cell"]
 
 # Several models and arrays, including odd ones: rows not a power of two, alpha not a power of
 # two, alpha 1, a single array column, vocabulary smaller than a row block, wider accumulators,
@@ -175,14 +175,14 @@ def test_the_checks_can_fail(tmp_path):
     """pyverilog and the linter do reject what they should (so a clean result means something)."""
     design = quantize(FloatModel.random(seed=2), ArrayConfig(4, 2, 2))
     render_rtl(design, tmp_path)
-    cell = tmp_path / "mx_cell.v"
-    good = cell.read_text()
-    line = "assign product_o = product_q2;"
+    mul = tmp_path / "ccflow_mul.v"
+    good = mul.read_text()
+    line = "assign p_o = p_q2;"
     assert line in good  # the mutations below apply
-    cell.write_text(good.replace(line, line[:-1]))  # no semicolon
-    with pytest.raises(SimulationError, match="mx_cell.v"):
+    mul.write_text(good.replace(line, line[:-1]))  # no semicolon
+    with pytest.raises(SimulationError, match="ccflow_mul.v"):
         parse_pyverilog(tmp_path)
-    cell.write_text(good.replace(line, "assign product_o = product_q2[7:0];"))
+    mul.write_text(good.replace(line, "assign p_o = p_q2[7:0];"))
     result = lint_verilator(tmp_path)
     assert not result.clean and any("WIDTH" in w for w in result.warnings)
 

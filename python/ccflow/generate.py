@@ -34,7 +34,8 @@ that are not fixed by docs/hardware.md are chosen here:
 ``acc_stage``       array_stages + 5: the cycle S of a tile's accumulation (docs/hardware.md)
 ``n_addr_rows``     the distinct rows of act words of the tiles (addrs.mem, :func:`address_rows`)
 ``row_group``       4: array rows served by one register copy of the columns' inputs
-``h_stage``         11: the pointwise unit's stage that writes h (P11 of ccflow_pointwise)
+``mul_stages``      :data:`MUL_STAGES`: ccflow_mul's latency (every multiplier of the design)
+``h_stage``         9 + 2 mul_stages: the pointwise unit's stage that writes h (ccflow_pointwise)
 ==================  =========================================================
 """
 
@@ -61,8 +62,10 @@ class RenderError(RuntimeError):
     """A template that cannot be rendered (undefined variable, syntax error) or a value that does not fit."""
 
 
-# mx_cell's pipeline: select mux, operands beside the multiplier, multiply, product (mx_cell.v.j2)
-CELL_STAGES = 4
+# ccflow_mul's pipeline: operands beside the DSP, the product, the product again (ccflow_mul.v.j2)
+MUL_STAGES = 3
+# mx_cell's pipeline: the select mux, then ccflow_mul (mx_cell.v.j2)
+CELL_STAGES = 1 + MUL_STAGES
 
 
 def bits_for(n: int) -> int:
@@ -123,11 +126,11 @@ def rtl_context(design: Design) -> dict:
         n_mats=n_mats, mat_bits=bits_for(n_mats), n_layers=n_layers, layer_bits=bits_for(n_layers),
         tags=2 ** bits_for(n_layers + 2), tag_bits=bits_for(n_layers + 2),
         tree_levels=tree_levels, tree_stages=max(1, tree_levels),
-        cell_stages=CELL_STAGES,
+        mul_stages=MUL_STAGES, cell_stages=CELL_STAGES,
         array_stages=1 + CELL_STAGES + max(1, tree_levels),  # mx_array: cycles from its inputs to its row sums
         acc_stage=6 + CELL_STAGES + max(1, tree_levels),  # S: cycle of a tile's accumulation, from its issue in cycle 0
         row_group=4,  # array rows served by one copy of the columns' inputs (mx_array)
-        h_stage=11,  # ccflow_pointwise writes h in its stage P11 (S + 3 + 11 from a block's last tile)
+        h_stage=9 + 2 * MUL_STAGES,  # ccflow_pointwise writes h in its stage P15 (two multiplies in series)
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
         acc_event_bits=(3 * rows).bit_length(), pw_event_bits=(2 * units).bit_length(),
         real_bits=real_bits, index_bits=index_bits, bd_index=bd_index, bd_mat=bd_mat, bd_bank=bd_bank,

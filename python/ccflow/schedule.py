@@ -10,7 +10,7 @@ that the hardware's interval equals this one (tests/test_sim.py).
 
 Latencies, from the tile issued in cycle 0 (docs/hardware.md): a block's accumulators are final in
 cycle S (``acc_stage`` of the render context), its gate inputs reach the pointwise unit in S + 3,
-which writes h in its stage P``h_stage`` (S + 3 + h_stage = S + 14: ``commit`` of a layer's last
+which writes h in its stage P``h_stage`` (S + 3 + h_stage = S + 18: ``commit`` of a layer's last
 block, a matrix that waits for it issues a cycle later) and holds the embedding loader's bank
 writes off two cycles ahead; the decoder's logits are presented in S + 7.
 """

@@ -45,9 +45,9 @@ TIMESCALE = ("1ns", "1ps")
 
 # Which generated files each bench top needs (the top bench compiles them all).
 _UNIT_SOURCES = {
-    "mx_cell": ["mx_cell.v"],
-    "mx_array": ["mx_array.v", "mx_cell.v", "ccflow_pipe_reg.v"],
-    "ccflow_pointwise": ["ccflow_pointwise.v", "ccflow_ram.v", "ccflow_lut.v"],
+    "mx_cell": ["mx_cell.v", "ccflow_mul.v"],
+    "mx_array": ["mx_array.v", "mx_cell.v", "ccflow_mul.v", "ccflow_pipe_reg.v"],
+    "ccflow_pointwise": ["ccflow_pointwise.v", "ccflow_ram.v", "ccflow_lut.v", "ccflow_mul.v"],
 }
 # make variables for Verilator builds: the missing precompiled-header flag (see _tool_env) and
 # C++ optimisation -O1 for the model (build time matters more than run time here). The
