@@ -148,6 +148,24 @@ def test_mem_files_round_trip(rendered):
             assert got == design.tile_addr[t, c, k] // alpha and design.tile_addr[t, c, k] % alpha == k
 
 
+def test_tiles_that_read_the_same_words_share_an_address_row(tmp_path):
+    """addrs.mem keeps one row per distinct set of act words: with whole-matrix groups the row
+    blocks of a matrix read the same words, so there are far fewer rows than tiles, and every
+    tile's row (its tiles.mem field) holds exactly the words it reads."""
+    model, packings = FloatModel.random(seed=4, vocab=13, emsize=16, hidden=(32,), sparsity=0.8).combined(4, 0.5, None)
+    design = quantize(model, ArrayConfig(8, 2, 4), packings)
+    ctx = rtl_context(design)
+    render_rtl(design, tmp_path)
+    rows = (tmp_path / "addrs.mem").read_text().split()
+    metas = [int(w, 16) for w in (tmp_path / "tiles.mem").read_text().split()]
+    assert len(rows) == ctx["n_addr_rows"] < design.n_tiles // 2
+    lb, alpha, cols = ctx["local_bits"], design.array.alpha, design.array.cols
+    for t, meta in enumerate(metas):
+        words = int(rows[meta >> ctx["tile_info_bits"]], 16)
+        got = [(words >> (i * lb)) & ((1 << lb) - 1) for i in range(cols * alpha)]
+        assert got == list((design.tile_addr[t] // alpha).reshape(-1)), t
+
+
 def test_an_undefined_template_variable_is_a_one_line_error(tmp_path):
     design = quantize(FloatModel.random(seed=1), ArrayConfig(4, 2, 2))
     templates = tmp_path / "templates"
