@@ -101,6 +101,7 @@ def rtl_context(design: Design) -> dict:
     local_bits = bits_for(design.act_size // alpha)
     cell_words = max(1, design.cell_size // units)
     dec = design.decoder
+    array_stages = 1 + CELL_STAGES + max(1, tree_levels)  # input registers, cells, adder trees
     dec_blocks = [dict(slot=b, lo=b * rows, n=min(rows, design.vocab_size - b * rows)) for b in range(dec.n_blocks)]
     real_bits = units.bit_length()
     index_bits = max(bits_for(cell_words), bits_for(dec.n_blocks))
@@ -127,10 +128,10 @@ def rtl_context(design: Design) -> dict:
         tags=2 ** bits_for(n_layers + 2), tag_bits=bits_for(n_layers + 2),
         tree_levels=tree_levels, tree_stages=max(1, tree_levels),
         mul_stages=MUL_STAGES, cell_stages=CELL_STAGES,
-        array_stages=1 + CELL_STAGES + max(1, tree_levels),  # mx_array: cycles from its inputs to its row sums
-        acc_stage=6 + CELL_STAGES + max(1, tree_levels),  # S: cycle of a tile's accumulation, from its issue in cycle 0
+        array_stages=array_stages,  # mx_array: cycles from its inputs to its row sums
+        acc_stage=array_stages + 5,  # S: cycle of a tile's accumulation, from its issue in cycle 0
         row_group=4,  # array rows served by one copy of the columns' inputs (mx_array)
-        h_stage=9 + 2 * MUL_STAGES,  # ccflow_pointwise writes h in its stage P15 (two multiplies in series)
+        h_stage=9 + 2 * MUL_STAGES,  # ccflow_pointwise's stage that writes h (two multiplies in series)
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
         acc_event_bits=(3 * rows).bit_length(), pw_event_bits=(2 * units).bit_length(),
         real_bits=real_bits, index_bits=index_bits, bd_index=bd_index, bd_mat=bd_mat, bd_bank=bd_bank,
