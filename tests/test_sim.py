@@ -124,8 +124,8 @@ def test_pointwise(sim, pointwise_rtl, sim_work):
 
 @pytest.fixture(scope="session")
 def top_design():
-    """The shipped default's shape (vocab 96, emsize 32, 3 layers with nhid 64, 8 x 8 array,
-    alpha 8), with random weights at 75% sparsity."""
+    """The shipped default's model shape (vocab 96, emsize 32, 3 layers with nhid 64) on an 8 x 8 array
+    (alpha 8; the default's 8 x 4 would take twice the cycles), with random weights at 75% sparsity."""
     model = FloatModel.random(seed=1, vocab=96, emsize=32, hidden=(64, 64), sparsity=0.75)
     return quantize(model, ArrayConfig(8, 8, 8))
 

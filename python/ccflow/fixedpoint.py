@@ -12,7 +12,9 @@ import numpy as np
 def round_shift(x: np.ndarray, shift) -> np.ndarray:
     """Arithmetic right shift that rounds half up: floor((x + 2**(s-1)) / 2**s).
 
-    The RTL writes this as ``(x + ((1 <<< s) >>> 1)) >>> s``; a shift of 0 is the identity.
+    The RTL adds the half before a constant shift, ``(x + ((1 <<< s) >>> 1)) >>> s``, and for the
+    accumulator's per-row shift computes the same number as ``(x >>> s) + x[s - 1]`` (the last bit
+    shifted out; 0 when s is 0), the shift and the add in different cycles. A shift of 0 is the identity.
     """
     x = np.asarray(x, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)

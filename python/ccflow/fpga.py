@@ -141,8 +141,9 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
                 "TRELLIS_FF": cells.get("TRELLIS_FF", 0), "TRELLIS_RAMW": cells.get("TRELLIS_DPR16X4", 0),
                 "DP16KD": cells.get("DP16KD", 0) + cells.get("PDPW16KD", 0), "MULT18X18D": cells.get("MULT18X18D", 0)}
         util = {k: {"used": used[k], "available": LFE5U_85F[k]} for k in used}
+        over = {k: u for k, u in util.items() if u["used"] > u["available"]}
         report.update(flow="yosys synth_ecp5 (synthesis only: no place and route, no Fmax)", utilization=util,
-                      fits=all(u["used"] <= u["available"] for u in util.values()), io="not placed")
+                      fits=not over, overflow=over, io="not placed")
         _merge_report(rtl_dir, report)
         return report
     args = [ECP5_DEVICES[device], "--package", package, "--speed", str(speed), "--json", netlist,

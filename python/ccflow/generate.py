@@ -196,15 +196,18 @@ def block_descriptors(design: Design) -> np.ndarray:
 
 def matrix_descriptors(design: Design) -> np.ndarray:
     """matrices.mem fields per matrix: [last tile, first act word of its own h (or 2^LOCAL_BITS: none),
-    the matrix has one tile, the matrix after it (matrix 0 after the decoder) has one tile].
+    the matrix has one tile, the matrix after it (matrix 0 after the decoder) has one tile, its tiles
+    minus one, the next matrix's tiles minus one].
 
-    The two flags let the controller keep "this is the matrix's last tile" in a register as it moves
-    from matrix to matrix, instead of comparing tile numbers on its issue path.
+    The flags and counts let the controller keep "this is the matrix's last tile" and "the next tile
+    is the last" in registers (a down-counter) as it moves from matrix to matrix, instead of adding
+    and comparing tile numbers on its issue path.
     """
     none = 1 << rtl_context(design)["local_bits"]
-    single = [int(m.n_tiles == 1) for m in design.matrices]
+    left = [m.n_tiles - 1 for m in design.matrices]
+    nxt = [(i + 1) % len(left) for i in range(len(left))]
     return np.array([[m.tile_start + m.n_tiles - 1, m.out_base // design.array.alpha if m.kind == "lstm" else none,
-                      single[i], single[(i + 1) % len(single)]]
+                      int(left[i] == 0), int(left[nxt[i]] == 0), left[i], left[nxt[i]]]
                      for i, m in enumerate(design.matrices)], dtype=np.int64)
 
 
@@ -381,7 +384,8 @@ def mem_layout(design: Design) -> dict[str, tuple[list[tuple[np.ndarray, int, bo
         "shift.mem": ([(design.block_shift, ctx["shift_bits"], False)], design.n_blocks),
         "blocks.mem": ([(bd[:, i:i + 1], w, False) for i, w in enumerate(bd_widths)], design.n_blocks),
         "matrices.mem": ([(md[:, :1], ctx["tile_bits"], False), (md[:, 1:2], ctx["local_bits"] + 1, False),
-                          (md[:, 2:3], 1, False), (md[:, 3:4], 1, False)],
+                          (md[:, 2:3], 1, False), (md[:, 3:4], 1, False),
+                          (md[:, 4:5], ctx["tile_bits"], False), (md[:, 5:6], ctx["tile_bits"], False)],
                          len(design.matrices)),
         "embedding.mem": ([(embedding_words(design), fmt.act_bits, True)], design.vocab_size << ctx["emb_word_bits"]),
         "sigmoid.mem": ([(design.lut_sigmoid[:, None], fmt.act_bits, True)], fmt.lut_size),
