@@ -12,7 +12,7 @@ import pytest
 from ccflow.arrayconfig import ArrayConfig, NumberFormats
 from ccflow.design import Design
 from ccflow.generate import (MEM_FILES, TEMPLATE_DIR, RenderError, mem_layout, pack_words, read_mem, render_rtl,
-                             rtl_context)
+                             rtl_context, signed_bits)
 from ccflow.quantize import FloatModel, quantize
 from ccflow.simulate import SimulationError, lint_verilator, parse_pyverilog, yosys_stat
 
@@ -115,6 +115,27 @@ def test_header_matches_the_design(rendered):
             "TOK_BITS": max(1, math.ceil(math.log2(design.vocab_size))),
             "BLOCK_BITS": max(1, math.ceil(math.log2(design.n_blocks)))}
     assert {k: int(defines[k]) for k in want} == want
+
+
+@pytest.mark.parametrize("values, bits", [([0], 2), ([1], 2), ([-2], 2), ([2], 3), ([-3], 3), ([127, -128], 8),
+                                          ([128], 9), ([-129], 9), ([5, -70000], 18)])
+def test_signed_bits_is_the_narrowest_twos_complement_width(values, bits):
+    assert signed_bits(np.array(values)) == bits
+
+
+def test_bias_words_are_as_wide_as_the_largest_bias(rendered):
+    """bias.mem holds each row's bias in bias_bits (not the accumulator's width): the narrowest
+    two's-complement width of the design's biases, which the RTL sign-extends."""
+    design, out, _ = rendered
+    bits = rtl_context(design)["bias_bits"]
+    assert bits <= design.array.formats.acc_bits
+    assert "`define CCFLOW_BIAS_BITS   %d " % bits in (out / "ccflow_config.vh").read_text()
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    assert design.block_bias.min() >= lo and design.block_bias.max() <= hi
+    if bits > 2:  # one bit fewer would not hold them
+        assert design.block_bias.min() < lo // 2 or design.block_bias.max() > hi // 2
+    words = (out / "bias.mem").read_text().split()
+    assert all(len(w) == math.ceil(design.array.rows * bits / 4) for w in words)
 
 
 def test_mem_files_round_trip(rendered):

@@ -24,6 +24,8 @@ that are not fixed by docs/hardware.md are chosen here:
 ``bank_bits``       clog2(alpha): the act bank (address mod alpha)
 ``local_bits``      clog2(act_size / alpha): a word in a bank (``addrs.mem``)
 ``shift_bits``      bits of max(max_shift, largest row shift): ``shift.mem``
+``bias_bits``       signed bits of the largest bias (at most acc_bits): ``bias.mem``, sign-extended
+                    to the accumulator (a 32-row block's bias word sets the ROM's block-RAM width)
 ``block_bits``      clog2(n_blocks): the block field of ``tiles.mem``
 ``split_bits``      bits of cols: the split field of ``tiles.mem`` (1..cols)
 ``psum_bits``       weight + act + clog2(cols) + 1: an exact in-tile row sum
@@ -73,6 +75,12 @@ def bits_for(n: int) -> int:
     return max(1, math.ceil(math.log2(max(n, 1))))
 
 
+def signed_bits(values: np.ndarray) -> int:
+    """The two's-complement width that holds every value (at least 2: a sign and one bit)."""
+    lo, hi = int(np.min(values, initial=0)), int(np.max(values, initial=0))
+    return max(2, hi.bit_length() + 1, (-lo - 1).bit_length() + 1)
+
+
 def psum_bits(array) -> int:
     """Width of an exact in-tile row sum: weight + act + clog2(cols) + 1 (sign-extension headroom)."""
     return array.formats.weight_bits + array.formats.act_bits + bits_for(array.cols) + 1
@@ -96,6 +104,7 @@ def rtl_context(design: Design) -> dict:
     n_layers = len(design.lstm_layers)
     block_bits = bits_for(design.n_blocks)
     shift_bits = max(1, int(max(fmt.max_shift, int(design.block_shift.max()))).bit_length())
+    bias_bits = signed_bits(design.block_bias)
     psum = psum_bits(arr)
     tree_levels = bits_for(cols) if cols > 1 else 0
     local_bits = bits_for(design.act_size // alpha)
@@ -115,7 +124,7 @@ def rtl_context(design: Design) -> dict:
         weight_bits=fmt.weight_bits, act_bits=fmt.act_bits, act_frac=fmt.act_frac, acc_bits=fmt.acc_bits,
         cell_bits=fmt.cell_bits, lut_frac=fmt.lut_frac, lut_shift=fmt.lut_shift, lut_bits=fmt.lut_bits,
         lut_size=fmt.lut_size, logit_frac=fmt.logit_frac, max_shift=fmt.max_shift,
-        shift_bits=shift_bits, psum_bits=psum,
+        shift_bits=shift_bits, bias_bits=bias_bits, psum_bits=psum,
         sum_bits=max(fmt.acc_bits, psum) + 1,  # bias/accumulator + row sum, before saturation
         rq_bits=max(fmt.acc_bits, (1 << shift_bits) - 1) + 2,  # round_shift of an accumulator
         vocab=design.vocab_size, tok_bits=bits_for(design.vocab_size), emsize=design.emsize,
@@ -380,7 +389,7 @@ def mem_layout(design: Design) -> dict[str, tuple[list[tuple[np.ndarray, int, bo
                        (design.tile_last[:, None].astype(np.int64), 1, False),
                        (design.tile_split[:, None], ctx["split_bits"], False),
                        (addr_row[:, None], ctx["addr_row_bits"], False)], t),
-        "bias.mem": ([(design.block_bias, fmt.acc_bits, True)], design.n_blocks),
+        "bias.mem": ([(design.block_bias, ctx["bias_bits"], True)], design.n_blocks),
         "shift.mem": ([(design.block_shift, ctx["shift_bits"], False)], design.n_blocks),
         "blocks.mem": ([(bd[:, i:i + 1], w, False) for i, w in enumerate(bd_widths)], design.n_blocks),
         "matrices.mem": ([(md[:, :1], ctx["tile_bits"], False), (md[:, 1:2], ctx["local_bits"] + 1, False),
