@@ -1,8 +1,8 @@
 """cocotb bench of ccflow_pointwise against the golden model's ``_pointwise``, bit for bit.
 
 Row blocks of random gate inputs z (a share of them at the extremes, so the LUT index clamps) are
-driven layer by layer, several steps, blocks of a layer back to back or with random gaps, as the
-accumulator would deliver them, each with its blocks.mem descriptor. Checked per layer: every unit's
+driven layer by layer, several steps, blocks of a layer as close as the unit's phases allow or with
+random gaps, as the accumulator would deliver them, each with its blocks.mem descriptor. Checked per layer: every unit's
 new h (act address from bank and word, value, and the copy = bit 0 of the step's token tag), that padding lanes
 write nothing, one commit pulse for the layer together with its last block, and the saturation
 events (cell and hidden updates of real units, all under the blocks' tag) against the golden model's count. The cell state
@@ -28,7 +28,8 @@ async def pointwise_matches_golden(dut):
     design = load_design()
     ctx = rtl_context(design)
     fmt = design.array.formats
-    rows, units, ab = design.array.rows, ctx["units"], fmt.act_bits
+    rows, lanes, ab = design.array.rows, ctx["pw_lanes"], fmt.act_bits
+    phases = ctx["pw_phases"]  # a block takes this many cycles: blocks come at least that far apart
     kb, lb, alpha, ev_bits = ctx["bank_bits"], ctx["local_bits"], design.array.alpha, ctx["pw_event_bits"]
     widths = [1, 1, ctx["real_bits"], ctx["index_bits"], ctx["mat_bits"], kb, lb]
     descs = []
@@ -67,11 +68,11 @@ async def pointwise_matches_golden(dut):
         nonlocal events
         we = int(dut.h_we_o.value)
         if we:
-            bank = unpack(dut.h_bank_o.value.to_unsigned(), units, kb, signed=False)
-            word = unpack(dut.h_word_o.value.to_unsigned(), units, lb, signed=False)
-            h = unpack(dut.h_o.value.to_unsigned(), units, ab)
+            bank = unpack(dut.h_bank_o.value.to_unsigned(), lanes, kb, signed=False)
+            word = unpack(dut.h_word_o.value.to_unsigned(), lanes, lb, signed=False)
+            h = unpack(dut.h_o.value.to_unsigned(), lanes, ab)
             copy = int(dut.h_copy_o.value)
-            for u in range(units):
+            for u in range(lanes):
                 if we >> u & 1:
                     a = int(word[u]) * alpha + int(bank[u])
                     if a in writes:
@@ -107,9 +108,9 @@ async def pointwise_matches_golden(dut):
                 live_tag = step % tags  # bit 0: the step's parity, the copy h goes to
                 for b in range(m.n_blocks):
                     commits.append(await cycle(True, m.block_start + b, live_tag, z[b * rows:(b + 1) * rows]))
-                    for _ in range(int(rng.choice([0, 0, 0, 1, 2]))):
+                    for _ in range(phases - 1 + int(rng.choice([0, 0, 0, 1, 2]))):
                         commits.append(await cycle(False))
-                for _ in range(ctx["h_stage"] + 3):  # drain: h in P{h_stage}, its events two cycles later
+                for _ in range(ctx["h_stage"] + 3):  # drain: h in P{h_stage} (of the last phase), events two cycles later
                     commits.append(await cycle(False))
                 pulses = [c for c in commits if c[0]]
                 if len(pulses) != 1 or pulses[0][1] != k:

@@ -230,10 +230,10 @@ def test_yosys_gives_a_resource_estimate(tmp_path):
     design = quantize(FloatModel.random(seed=3), ArrayConfig(4, 2, 2))
     render_rtl(design, tmp_path)
     stat = yosys_stat(tmp_path)
-    units = design.array.rows // 4
-    assert stat["macc"] >= design.array.cells + 3 * units  # the MX cells and the pointwise products
+    lanes = rtl_context(design)["pw_lanes"]
+    assert stat["macc"] >= design.array.cells + 3 * lanes  # the MX cells and the pointwise products
     arr = design.array
-    tables = (3 * units + 1) // 2 + units  # dual-port sigmoid and tanh tables shared by the lanes
+    tables = (3 * lanes + 1) // 2 + lanes  # dual-port sigmoid and tanh tables shared by the lanes
     # tile ROMs (4), bias A/B + shift + blocks (4), matrices, embedding, the tables, the act banks
     # (one RAM per array column and bank) and the cell state: every memory stays a memory
     assert stat["memories"] == 4 + 4 + 1 + 1 + tables + arr.cols * arr.alpha + 1
@@ -269,13 +269,13 @@ ACT_MEM_TB = """
 module tb;
   reg clk = 0;
   reg emb_we = 0;
-  reg [`CCFLOW_UNITS-1:0] h_we = 0;
+  reg [`CCFLOW_PW_LANES-1:0] h_we = 0;
   wire [`CCFLOW_COLS*`CCFLOW_ALPHA*`CCFLOW_ACT_BITS-1:0] rd_data;
   ccflow_act_mem u_dut (
     .clk_i(clk), .rd_addr_i({`CCFLOW_COLS*`CCFLOW_ALPHA*`CCFLOW_LOCAL_BITS{1'b0}}), .parity_i(1'b0),
     .own_i({(`CCFLOW_LOCAL_BITS+1){1'b0}}), .own_valid_i(1'b0), .rd_data_o(rd_data),
-    .h_we_i(h_we), .h_bank_i({`CCFLOW_UNITS*`CCFLOW_BANK_BITS{1'b0}}),
-    .h_word_i({`CCFLOW_UNITS*`CCFLOW_LOCAL_BITS{1'b0}}), .h_i({`CCFLOW_UNITS*`CCFLOW_ACT_BITS{1'b0}}),
+    .h_we_i(h_we), .h_bank_i({`CCFLOW_PW_LANES*`CCFLOW_BANK_BITS{1'b0}}),
+    .h_word_i({`CCFLOW_PW_LANES*`CCFLOW_LOCAL_BITS{1'b0}}), .h_i({`CCFLOW_PW_LANES*`CCFLOW_ACT_BITS{1'b0}}),
     .h_copy_i(1'b0), .emb_we_i(emb_we), .emb_word_i({`CCFLOW_LOCAL_BITS{1'b0}}), .emb_copy_i(1'b0),
     .emb_i({`CCFLOW_ALPHA*`CCFLOW_ACT_BITS{1'b0}})
   );
@@ -297,7 +297,9 @@ def test_the_rtl_assertions_fire(tmp_path, emb_we, h_we, fires):
     """The simulation-only invariants in the RTL stop a simulation that breaks them: here the act
     memory's write ports (an embedding word in the cycle of an h write; two lanes on one bank)."""
     out = tmp_path / "rtl"
-    render_rtl(quantize(FloatModel.random(seed=2, vocab=13, emsize=8, hidden=(12,)), ArrayConfig(8, 2, 4)), out)
+    design = quantize(FloatModel.random(seed=2, vocab=13, emsize=8, hidden=(12,)), ArrayConfig(8, 8, 4))
+    assert rtl_context(design)["pw_lanes"] == 2  # two lanes can aim at one bank
+    render_rtl(design, out)
     tb = tmp_path / "tb.v"
     tb.write_text(ACT_MEM_TB.replace("EMB;", f"1'b{emb_we};").replace("H;", f"{h_we};"))
     vvp = tmp_path / "tb.vvp"

@@ -13,7 +13,7 @@ import pytest
 
 from ccflow.arrayconfig import ArrayConfig, NumberFormats
 from ccflow.corpus import load_corpus
-from ccflow.generate import render_rtl, token_interval
+from ccflow.generate import render_rtl, rtl_context, token_interval
 from ccflow.golden import GoldenModel
 from ccflow.quantize import FloatLSTM, FloatModel, activation_luts, quantize
 from ccflow.simulate import run_top, run_unit
@@ -88,12 +88,17 @@ def test_array_computes_the_packed_matrix(sim, array_rtl, sim_work):
 # --- the pointwise unit ------------------------------------------------------------
 
 
-@pytest.fixture(scope="session", params=[16, 24], ids=lambda b: f"cell{b}")
+@pytest.fixture(scope="session", params=[(16, 4, 2), (24, 8, 1), (24, 2, 4)],
+                ids=lambda p: f"cell{p[0]}-phases{p[2]}")
 def pointwise_rtl(request, tmp_path_factory):
-    """Four lanes, partial last blocks (hidden 10 and 6), LUTs with some out-of-range entries so
-    cell and hidden saturations happen; a narrow (16) and the default (24) cell format."""
-    array = ArrayConfig(rows=16, cols=4, alpha=4, formats=NumberFormats(cell_bits=request.param))
+    """Four units per row block in 1, 2 or 4 phases (the array's width sets how far apart blocks
+    come: ccflow.generate.pointwise_phases), partial last blocks (hidden 10 and 6), LUTs with some
+    out-of-range entries so cell and hidden saturations happen; a narrow (16) and the default (24)
+    cell format."""
+    cell_bits, cols, phases = request.param
+    array = ArrayConfig(rows=16, cols=cols, alpha=4, formats=NumberFormats(cell_bits=cell_bits))
     design = quantize(FloatModel.random(seed=7, vocab=11, emsize=8, hidden=(10, 6)), array)
+    assert rtl_context(design)["pw_phases"] == phases
     rng = np.random.default_rng(3)
 
     def noisy(table):
@@ -104,7 +109,7 @@ def pointwise_rtl(request, tmp_path_factory):
 
     sig, tanh = activation_luts(array)
     design = dataclasses.replace(design, lut_sigmoid=noisy(sig), lut_tanh=noisy(tanh))
-    return request.param, _render(tmp_path_factory, f"pointwise-cell{request.param}", design)
+    return cell_bits, _render(tmp_path_factory, f"pointwise-cell{cell_bits}-phases{phases}", design)
 
 
 @pytest.mark.parametrize("sim", SIMS)

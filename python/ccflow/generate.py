@@ -109,6 +109,8 @@ def rtl_context(design: Design) -> dict:
     tree_levels = bits_for(cols) if cols > 1 else 0
     local_bits = bits_for(design.act_size // alpha)
     cell_words = max(1, design.cell_size // units)
+    pw_phases = pointwise_phases(design)
+    pw_lanes = units // pw_phases
     dec = design.decoder
     array_stages = 1 + CELL_STAGES + max(1, tree_levels)  # input registers, cells, adder trees
     dec_blocks = [dict(slot=b, lo=b * rows, n=min(rows, design.vocab_size - b * rows)) for b in range(dec.n_blocks)]
@@ -131,6 +133,9 @@ def rtl_context(design: Design) -> dict:
         act_size=design.act_size, bank_bits=bits_for(alpha), local_bits=local_bits,
         emb_words=emb_words, emb_word_bits=bits_for(emb_words),
         cell_size=design.cell_size, cell_words=cell_words, cell_word_bits=bits_for(cell_words),
+        pw_phases=pw_phases, pw_lanes=pw_lanes, pw_phase_bits=bits_for(pw_phases),
+        cell_ram_words=cell_words * pw_phases,  # {row block, phase}: PHASES is a power of two
+        cell_ram_bits=bits_for(cell_words) + (bits_for(pw_phases) if pw_phases > 1 else 0),
         n_tiles=design.n_tiles, tile_bits=bits_for(design.n_tiles),
         n_blocks=design.n_blocks, block_bits=block_bits,
         n_mats=n_mats, mat_bits=bits_for(n_mats), n_layers=n_layers, layer_bits=bits_for(n_layers),
@@ -142,7 +147,7 @@ def rtl_context(design: Design) -> dict:
         row_group=4,  # array rows served by one copy of the columns' inputs (mx_array)
         h_stage=9 + 2 * MUL_STAGES,  # ccflow_pointwise's stage that writes h (two multiplies in series)
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
-        acc_event_bits=(3 * rows).bit_length(), pw_event_bits=(2 * units).bit_length(),
+        acc_event_bits=(3 * rows).bit_length(), pw_event_bits=(2 * pw_lanes).bit_length(),
         real_bits=real_bits, index_bits=index_bits, bd_index=bd_index, bd_mat=bd_mat, bd_bank=bd_bank,
         bd_word=bd_word, bdesc_bits=bd_word + local_bits,
         tok_bytes=-(-bits_for(design.vocab_size) // 8), logit_bytes=-(-design.vocab_size * fmt.act_bits // 8),
@@ -158,6 +163,28 @@ def rtl_context(design: Design) -> dict:
     ctx["tile_info_bits"] = block_bits + 2 + ctx["split_bits"]
     ctx["tile_meta_bits"] = ctx["tile_info_bits"] + ctx["addr_row_bits"]
     return ctx
+
+
+def block_interval(design: Design) -> int:
+    """The fewest cycles between two LSTM row blocks reaching the pointwise unit: a block finishes
+    with its last tile, tiles issue at most one per cycle, and the first block of a matrix finishes
+    at least its own tile count after any block before it."""
+    gaps = []
+    for m in design.lstm_layers:
+        ends = [t for t in range(m.tile_start, m.tile_start + m.n_tiles) if design.tile_last[t]]
+        gaps += [ends[0] - m.tile_start + 1] + [b - a for a, b in zip(ends, ends[1:])]
+    return min(gaps, default=1)
+
+
+def pointwise_phases(design: Design) -> int:
+    """How many cycles the pointwise unit spends on a row block: its rows/4 units go through
+    rows/4 / phases lanes, so the lanes' multipliers and activation tables shrink by that factor.
+    The largest power of two that divides rows/4 and is no more than the cycles between two
+    blocks (:func:`block_interval`): the array never waits for the pointwise unit."""
+    units, gap, phases = design.array.rows // 4, block_interval(design), 1
+    while units % (2 * phases) == 0 and 2 * phases <= gap:
+        phases *= 2
+    return phases
 
 
 def address_rows(design: Design) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +205,8 @@ def token_interval(design: Design) -> float:
 
     ctx = rtl_context(design)
     n_mats = len(design.matrices)
-    timing = Timing(acc_stage=ctx["acc_stage"], h_stage=ctx["h_stage"], emb_words=ctx["emb_words"])
+    timing = Timing(acc_stage=ctx["acc_stage"], h_stage=ctx["h_stage"], emb_words=ctx["emb_words"],
+                    pw_phases=ctx["pw_phases"])
     return steady_interval(accept_cycles(design, timing, 2 * n_mats + 6), n_mats)
 
 

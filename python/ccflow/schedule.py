@@ -10,9 +10,10 @@ that the hardware's interval equals this one (tests/test_sim.py).
 
 Latencies, from the tile issued in cycle 0 (docs/hardware.md): a block's accumulators are final in
 cycle S (``acc_stage`` of the render context), its gate inputs reach the pointwise unit in S + 3,
-which writes h in its stage P``h_stage`` (S + 3 + h_stage = S + 18: ``commit`` of a layer's last
-block, a matrix that waits for it issues a cycle later) and holds the embedding loader's bank
-writes off two cycles ahead; the decoder's logits are presented in S + 7.
+which writes h in its stage P``h_stage`` (S + 3 + h_stage = S + 18), one phase of rows/4 / phases
+units per cycle for ``pw_phases`` cycles (``commit`` with a layer's last block's last phase, a matrix
+that waits for it issues a cycle later), and holds the embedding loader's bank writes off two
+cycles ahead of each; the decoder's logits are presented in S + 7.
 """
 
 from __future__ import annotations
@@ -25,16 +26,17 @@ from .design import Design
 @dataclass(frozen=True)
 class Timing:
     acc_stage: int  # S
-    h_stage: int    # the pointwise stage that writes h
+    h_stage: int    # the pointwise stage that writes h (of a block's first phase)
     emb_words: int
+    pw_phases: int = 1  # cycles the pointwise unit spends on a block, one h write each
 
     @property
-    def commit(self) -> int:  # last tile of a layer issued -> its last h written
-        return self.acc_stage + 3 + self.h_stage
+    def commit(self) -> int:  # last tile of a layer issued -> its last h written (the last phase)
+        return self.acc_stage + 3 + self.h_stage + self.pw_phases - 1
 
     @property
     def write_soon(self) -> int:  # last tile of an LSTM block issued -> the loader may not read
-        return self.commit - 2
+        return self.acc_stage + 3 + self.h_stage - 2  # ... for pw_phases cycles from here
 
     @property
     def logits(self) -> int:  # last decoder tile issued -> m_axis_tvalid
@@ -103,7 +105,7 @@ def accept_cycles(design: Design, timing: Timing, tokens: int) -> list[int]:
             issue = True
         if issue:
             if tile in block_ends:
-                busy_writes.add(cycle + timing.write_soon)
+                busy_writes.update(cycle + timing.write_soon + k for k in range(timing.pw_phases))
             if tile != last[mat]:
                 tile_d, state_d = tile + 1, "run"
             elif mat == decoder:
