@@ -165,6 +165,8 @@ UNUSUAL = {
     "wide-alpha": (dict(vocab=30, emsize=8, hidden=(8,)),
                    ArrayConfig(8, 2, 16, NumberFormats(act_bits=10, act_frac=6, lut_frac=6, logit_frac=2,
                                                        cell_bits=10))),
+    # row blocks shorter than a tile: some tile starts two blocks, so the bias ROM is read twice
+    "short-blocks": (dict(vocab=11, emsize=8, hidden=(8,)), ArrayConfig(4, 8, 8)),
 }
 
 
@@ -172,6 +174,7 @@ UNUSUAL = {
 def unusual_rtl(request, tmp_path_factory):
     model_kw, array = UNUSUAL[request.param]
     design = quantize(FloatModel.random(seed=4, **model_kw), array)
+    assert rtl_context(design)["bias_ports"] == (2 if request.param == "short-blocks" else 1)
     return design, _render(tmp_path_factory, f"unusual-{request.param}", design)
 
 

@@ -158,6 +158,9 @@ def rtl_context(design: Design) -> dict:
                   for m in design.matrices],
         packed_cells=design.packed_cells, ideal_cycles=design.ideal_cycles,
     )
+    # One bias read per cycle unless some tile starts two blocks (A at column 0 and A + 1 at its
+    # split: a block shorter than a tile); then the accumulator reads the bias ROM twice.
+    ctx["bias_ports"] = 2 if bool(np.any(design.tile_first & (design.tile_split < cols))) else 1
     ctx["n_addr_rows"] = len(address_rows(design)[0])
     ctx["addr_row_bits"] = bits_for(ctx["n_addr_rows"])
     ctx["tile_info_bits"] = block_bits + 2 + ctx["split_bits"]
