@@ -167,6 +167,9 @@ UNUSUAL = {
                                                        cell_bits=10))),
     # row blocks shorter than a tile: some tile starts two blocks, so the bias ROM is read twice
     "short-blocks": (dict(vocab=11, emsize=8, hidden=(8,)), ArrayConfig(4, 8, 8)),
+    # one array column, so blocks start 16 tiles apart: each block's bias is fetched in 4 words of
+    # 4 rows while its first tile is in the pipeline, and the pointwise unit runs 4 phases of 1 lane
+    "bias-phases": (dict(vocab=11, emsize=16, hidden=(30,)), ArrayConfig(16, 1, 4)),
 }
 
 
@@ -174,7 +177,9 @@ UNUSUAL = {
 def unusual_rtl(request, tmp_path_factory):
     model_kw, array = UNUSUAL[request.param]
     design = quantize(FloatModel.random(seed=4, **model_kw), array)
-    assert rtl_context(design)["bias_ports"] == (2 if request.param == "short-blocks" else 1)
+    ctx = rtl_context(design)
+    assert ctx["bias_ports"] == (2 if request.param == "short-blocks" else 1)
+    assert (ctx["bias_phases"], ctx["pw_phases"]) == ((4, 4) if request.param == "bias-phases" else (1, ctx["pw_phases"]))
     return design, _render(tmp_path_factory, f"unusual-{request.param}", design)
 
 

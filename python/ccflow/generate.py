@@ -161,6 +161,8 @@ def rtl_context(design: Design) -> dict:
     # One bias read per cycle unless some tile starts two blocks (A at column 0 and A + 1 at its
     # split: a block shorter than a tile); then the accumulator reads the bias ROM twice.
     ctx["bias_ports"] = 2 if bool(np.any(design.tile_first & (design.tile_split < cols))) else 1
+    ctx["bias_phases"] = bias_phases(design, ctx["acc_stage"])
+    ctx["bias_phase_bits"] = bits_for(ctx["bias_phases"])
     ctx["n_addr_rows"] = len(address_rows(design)[0])
     ctx["addr_row_bits"] = bits_for(ctx["n_addr_rows"])
     ctx["tile_info_bits"] = block_bits + 2 + ctx["split_bits"]
@@ -177,6 +179,37 @@ def block_interval(design: Design) -> int:
         ends = [t for t in range(m.tile_start, m.tile_start + m.n_tiles) if design.tile_last[t]]
         gaps += [ends[0] - m.tile_start + 1] + [b - a for a, b in zip(ends, ends[1:])]
     return min(gaps, default=1)
+
+
+def start_interval(design: Design) -> int:
+    """The fewest cycles between two tiles that start a row block (0: a tile that starts two). A
+    matrix's first tile starts a block, so after a matrix's last start the next comes no sooner
+    than the matrix's remaining tiles plus one, whichever matrix is issued next."""
+    cols = design.array.cols
+    gaps = []
+    for m in design.matrices:
+        tiles = range(m.tile_start, m.tile_start + m.n_tiles)
+        if any(design.tile_first[t] and design.tile_split[t] < cols for t in tiles):
+            return 0
+        starts = [t for t in tiles if design.tile_first[t] or design.tile_split[t] < cols]
+        gaps += [b - a for a, b in zip(starts, starts[1:])] + [m.tile_start + m.n_tiles - starts[-1]]
+    return min(gaps)
+
+
+def bias_phases(design: Design, acc_stage: int) -> int:
+    """How many bias.mem words hold a row block's bias, fetched one per cycle while the block's first
+    tile travels from cycle 2 to its accumulation in cycle S = ``acc_stage`` (ccflow_accumulator):
+    words of fewer rows make the ROM deep instead of wide (a 32-row block's bias word is 18-29 block
+    RAMs wide, however few blocks). The largest power of two that divides the rows and leaves the
+    fetch done by S (phases + 5 <= S), if blocks start at least S - 2 cycles apart; else 1 (the
+    whole word read at once)."""
+    rows, line = design.array.rows, acc_stage - 2
+    if start_interval(design) < line:
+        return 1
+    phases = 1
+    while rows % (2 * phases) == 0 and 2 * phases + 5 <= acc_stage:
+        phases *= 2
+    return phases
 
 
 def pointwise_phases(design: Design) -> int:
@@ -420,7 +453,8 @@ def mem_layout(design: Design) -> dict[str, tuple[list[tuple[np.ndarray, int, bo
                        (design.tile_last[:, None].astype(np.int64), 1, False),
                        (design.tile_split[:, None], ctx["split_bits"], False),
                        (addr_row[:, None], ctx["addr_row_bits"], False)], t),
-        "bias.mem": ([(design.block_bias, ctx["bias_bits"], True)], design.n_blocks),
+        "bias.mem": ([(design.block_bias.reshape(design.n_blocks * ctx["bias_phases"], -1), ctx["bias_bits"], True)],
+                     design.n_blocks * ctx["bias_phases"]),
         "shift.mem": ([(design.block_shift, ctx["shift_bits"], False)], design.n_blocks),
         "blocks.mem": ([(bd[:, i:i + 1], w, False) for i, w in enumerate(bd_widths)], design.n_blocks),
         "matrices.mem": ([(md[:, :1], ctx["tile_bits"], False), (md[:, 1:2], ctx["local_bits"] + 1, False),
