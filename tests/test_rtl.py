@@ -11,8 +11,8 @@ import pytest
 
 from ccflow.arrayconfig import ArrayConfig, NumberFormats
 from ccflow.design import Design
-from ccflow.generate import (MEM_FILES, TEMPLATE_DIR, RenderError, mem_layout, pack_words, read_mem, render_rtl,
-                             rtl_context, signed_bits)
+from ccflow.generate import (MEM_FILES, TEMPLATE_DIR, RenderError, block_interval, mem_layout, pack_words, read_mem,
+                             render_rtl, rtl_context, signed_bits, start_interval)
 from ccflow.quantize import FloatModel, quantize
 from ccflow.simulate import SimulationError, lint_verilator, parse_pyverilog, yosys_stat
 
@@ -31,6 +31,8 @@ CONFIGS = {
     "narrow": (dict(vocab=3, emsize=6, hidden=(9,)),
                ArrayConfig(4, 1, 1, NumberFormats(weight_bits=4, logit_frac=4, lut_frac=3))),
     "wide": (dict(vocab=50, emsize=64, hidden=(256, 256), sparsity=0.8), ArrayConfig(32, 16, 8)),
+    # one array column: the pointwise unit in 4 phases of 1 lane, each bias fetched in 4 words
+    "phased": (dict(vocab=11, emsize=16, hidden=(30,)), ArrayConfig(16, 1, 4)),
 }
 
 
@@ -135,7 +137,9 @@ def test_bias_words_are_as_wide_as_the_largest_bias(rendered):
     if bits > 2:  # one bit fewer would not hold them
         assert design.block_bias.min() < lo // 2 or design.block_bias.max() > hi // 2
     words = (out / "bias.mem").read_text().split()
-    assert all(len(w) == math.ceil(design.array.rows * bits / 4) for w in words)
+    k = rtl_context(design)["bias_phases"]  # a block's bias in k words of rows/k rows
+    assert len(words) == design.n_blocks * k
+    assert all(len(w) == math.ceil(design.array.rows // k * bits / 4) for w in words)
 
 
 def test_mem_files_round_trip(rendered):
@@ -309,5 +313,107 @@ def test_the_rtl_assertions_fire(tmp_path, emb_we, h_we, fires):
     run = subprocess.run(["vvp", "-n", str(vvp)], capture_output=True, text=True, cwd=tmp_path)
     if fires:
         assert fires in run.stdout + run.stderr and "no assertion fired" not in run.stdout
+    else:
+        assert "no assertion fired" in run.stdout and "FATAL" not in run.stdout + run.stderr
+
+
+PHASE_DESIGNS = [  # (model, array): pointwise phases 1, 2, 4 and 8; bias fetched in 1 or 4 words
+    (dict(vocab=11, emsize=8, hidden=(10, 6)), ArrayConfig(16, 8, 4)),
+    (dict(vocab=11, emsize=8, hidden=(10, 6)), ArrayConfig(16, 4, 4)),
+    (dict(vocab=11, emsize=16, hidden=(30,)), ArrayConfig(16, 1, 4)),
+    (dict(vocab=50, emsize=64, hidden=(96, 96), sparsity=0.8), ArrayConfig(32, 2, 8)),
+]
+
+
+def _issue_order_gaps(design, starts: bool) -> int:
+    """The fewest tiles between two block ends (or block starts) over two whole steps of tiles in
+    matrix order: what the hardware sees without stalls, to check the render-time bounds against."""
+    cols, t_all = design.array.cols, design.n_tiles
+    lstm = np.zeros(t_all, dtype=bool)
+    for m in design.lstm_layers:
+        lstm[m.tile_start:m.tile_start + m.n_tiles] = True
+    if starts:
+        marks = [t for t in range(t_all) if design.tile_first[t] or design.tile_split[t] < cols]
+    else:
+        marks = [t for t in range(t_all) if design.tile_last[t] and lstm[t]]
+    seq = marks + [t + t_all for t in marks]
+    return min(b - a for a, b in zip(seq, seq[1:]))
+
+
+@pytest.mark.parametrize("model_kw, array", PHASE_DESIGNS)
+def test_phases_fit_between_blocks(model_kw, array):
+    """The pointwise unit's phases divide the block's units, are a power of two, and fit between two
+    LSTM blocks as the tiles come; one more doubling would not. The bias fetch fits between two
+    block starts and finishes by the accumulation cycle S."""
+    design = quantize(FloatModel.random(seed=4, **model_kw), array)
+    ctx = rtl_context(design)
+    units, phases = array.rows // 4, ctx["pw_phases"]
+    assert block_interval(design) <= _issue_order_gaps(design, starts=False)
+    assert units % phases == 0 and phases & (phases - 1) == 0 and phases <= block_interval(design)
+    assert units % (2 * phases) or 2 * phases > block_interval(design)
+    assert ctx["pw_lanes"] * phases == units and ctx["pw_lanes"] <= array.alpha
+    k = ctx["bias_phases"]
+    assert start_interval(design) <= _issue_order_gaps(design, starts=True)
+    if k > 1:
+        assert array.rows % k == 0 and k + 5 <= ctx["acc_stage"] and start_interval(design) >= ctx["acc_stage"] - 2
+        words = read_mem_words(design, "bias.mem")
+        assert len(words) == design.n_blocks * k  # block b's rows [j * rows/k, (j+1) * rows/k) in word b*k + j
+    else:
+        assert start_interval(design) < ctx["acc_stage"] - 2 or array.rows % 2 or ctx["acc_stage"] < 7
+
+
+def read_mem_words(design, name):
+    fields, words = mem_layout(design)[name]
+    return pack_words(name, fields).split()
+
+
+POINTWISE_TB = """
+`include "ccflow_config.vh"
+module tb;
+  reg clk = 0, rst_n = 0, valid = 0;
+  ccflow_pointwise #(.MEM_DIR("@RTL@")) u_dut (
+    .clk_i(clk), .rst_ni(rst_n), .valid_i(valid), .z_i({`CCFLOW_ROWS*`CCFLOW_ACT_BITS{1'b0}}),
+    .desc_i({`CCFLOW_BDESC_BITS{1'b0}}), .tag_i({`CCFLOW_TAG_BITS{1'b0}}), .h_we_o(), .h_bank_o(), .h_word_o(),
+    .h_o(), .h_copy_o(), .h_we_soon_o(), .commit_o(), .commit_mat_o(), .sat_events_o()
+  );
+  integer i;
+  initial begin
+    #1 clk = 1; #1 clk = 0;
+    rst_n = 1; valid = 1;
+    #1 clk = 1; #1 clk = 0;
+    valid = 0;
+    for (i = 1; i < GAP; i = i + 1) begin
+      #1 clk = 1; #1 clk = 0;
+    end
+    valid = 1;
+    #1 clk = 1; #1 clk = 0;
+    valid = 0;
+    #1 clk = 1; #1 clk = 0;
+    $display("no assertion fired");
+    $finish;
+  end
+endmodule
+"""
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog not installed (make setup)")
+@pytest.mark.parametrize("gap, fires", [(1, True), (2, False)])
+def test_a_block_within_the_phases_of_the_one_before_stops_the_simulation(tmp_path, gap, fires):
+    """The pointwise unit takes a block in pw_phases cycles (2 here); a block that comes sooner would
+    overwrite the units still waiting, and the RTL assertion says so."""
+    out = tmp_path / "rtl"
+    design = quantize(FloatModel.random(seed=4, vocab=11, emsize=8, hidden=(10, 6)), ArrayConfig(16, 4, 4))
+    assert rtl_context(design)["pw_phases"] == 2
+    render_rtl(design, out)
+    tb = tmp_path / "tb.v"
+    tb.write_text(POINTWISE_TB.replace("@RTL@", str(out)).replace("GAP;", f"{gap};"))
+    vvp = tmp_path / "tb.vvp"
+    subprocess.run(["iverilog", "-g2012", "-I", str(out), "-o", str(vvp), str(tb)]
+                   + [str(out / f"{m}.v") for m in ("ccflow_pointwise", "ccflow_ram", "ccflow_lut", "ccflow_mul")],
+                   check=True, capture_output=True, text=True)
+    run = subprocess.run(["vvp", "-n", str(vvp)], capture_output=True, text=True, cwd=tmp_path)
+    if fires:
+        assert "arrived in phase 1 of the one before" in run.stdout + run.stderr
+        assert "no assertion fired" not in run.stdout
     else:
         assert "no assertion fired" in run.stdout and "FATAL" not in run.stdout + run.stderr
