@@ -206,7 +206,9 @@ def test_generated_design_meets_timing_within_a_lut_bound(generated):
     assert r["top"] == "ccflow_fpga_top" and (rtl / "fpga" / "ccflow_fpga_top.v").is_file()
     assert not (rtl / "ccflow_fpga_top.v").exists()  # the harness is not part of the IP
     assert util["TRELLIS_COMB"]["used"] < 6000, util["TRELLIS_COMB"]  # 4.1k measured
-    cells = design.array.cells + 3 * (design.array.rows // 4)  # MX cells + the pointwise multipliers
+    from ccflow.generate import rtl_context
+
+    cells = design.array.cells + 3 * rtl_context(design)["pw_lanes"]  # MX cells + the pointwise multipliers
     assert cells <= util["MULT18X18D"]["used"] <= 2 * cells  # f*c (16 x 24 bits) takes two
 
 
