@@ -54,8 +54,16 @@ def cmd_sim(args) -> None:
 
     for sim in args.sim:
         r = simulate(args.rtl, sim=sim, tokens=args.tokens)
-        print(f"{sim}: bit-exact on {r['tokens_checked']} tokens, {r['token_interval']:.1f} cycles per token, "
+        print(f"{sim}: bit-exact on {r['tokens_checked']} tokens, {_interval_text(r)}, "
               f"latency {r['cycles_per_token']:.0f} cycles")
+
+
+def _interval_text(r: dict) -> str:
+    """The measured token interval, or why there is none (too few stall-free tokens to fill the wavefront)."""
+    if r.get("token_interval"):
+        return f"{r['token_interval']:.1f} cycles per token"
+    return (f"cycles per token not measured ({r.get('free_tokens', 0)} stall-free tokens; the layer wavefront "
+            f"fills with one more than the matrices: simulate more tokens)")
 
 
 def cmd_hls(args) -> None:

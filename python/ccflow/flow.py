@@ -136,8 +136,9 @@ def _summary(rtl_dir: str | Path, r: dict) -> str:
     ]
     for sim, s in sorted(r["sims"].items()):
         verdict = f"bit-exact on {s['tokens_checked']} tokens" if s["passed"] else "MISMATCH"
-        lines.append(f"  {sim:<15} {verdict}; {s['token_interval']:.1f} cycles per token "
-                     f"({s['token_interval'] / r['ideal_cycles']:.2f}x ideal), latency {s['cycles_per_token']:.0f}")
+        timed = (f"{s['token_interval']:.1f} cycles per token ({s['token_interval'] / r['ideal_cycles']:.2f}x ideal)"
+                 if s.get("token_interval") else "too few stall-free tokens to time")
+        lines.append(f"  {sim:<15} {verdict}; {timed}, latency {s['cycles_per_token']:.0f}")
     if r.get("hls"):
         h = r["hls"]
         lines.append(f"  HLS C++ (g++)   {'bit-exact' if h['bit_exact'] else 'MISMATCH'} on {h['tokens_checked']} tokens")

@@ -158,7 +158,7 @@ def _matrix_of(design: Design, tile: int) -> int:
 
 
 def steady_interval(accepts: list[int], n_mats: int) -> float:
-    """Mean cycles between accepts once the wavefront is full (the first n_mats + 1 tokens fill it)."""
-    skip = n_mats + 1
-    acc = accepts[skip:] if len(accepts) > skip + 1 else accepts[1:]
+    """Mean cycles between accepts once the wavefront is full (the first n_mats + 1 tokens fill it);
+    0.0 (not measured) with too few tokens: the filling steps run fewer matrices and are faster."""
+    acc = accepts[n_mats + 1:]
     return (acc[-1] - acc[0]) / (len(acc) - 1) if len(acc) > 1 else 0.0
