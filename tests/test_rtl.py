@@ -417,3 +417,17 @@ def test_a_block_within_the_phases_of_the_one_before_stops_the_simulation(tmp_pa
         assert "no assertion fired" not in run.stdout
     else:
         assert "no assertion fired" in run.stdout and "FATAL" not in run.stdout + run.stderr
+
+
+def test_the_token_interval_needs_a_full_wavefront():
+    """Accepts while the layer wavefront fills come faster (fewer matrices per step): with too few
+    stall-free tokens the interval is 0.0 (not measured), not the filling steps' figure; the
+    schedule model's interval is the tile count for a design whose matrices outlast the pipeline."""
+    from ccflow.generate import token_interval
+    from ccflow.schedule import steady_interval
+
+    assert steady_interval([0, 100, 300, 700], n_mats=4) == 0.0
+    assert steady_interval([0, 100, 300, 700, 1100, 1500, 1900, 2300], n_mats=4) == 400.0
+    design = quantize(FloatModel.random(seed=4, vocab=50, emsize=64, hidden=(96, 96), sparsity=0.8),
+                      ArrayConfig(32, 2, 8))
+    assert token_interval(design) == design.n_tiles
