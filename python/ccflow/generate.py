@@ -160,7 +160,7 @@ def rtl_context(design: Design) -> dict:
     )
     # One bias read per cycle unless some tile starts two blocks (A at column 0 and A + 1 at its
     # split: a block shorter than a tile); then the accumulator reads the bias ROM twice.
-    ctx["bias_ports"] = 2 if bool(np.any(design.tile_first & (design.tile_split < cols))) else 1
+    ctx["bias_ports"] = 2 if start_interval(design) == 0 else 1
     ctx["bias_phases"] = bias_phases(design, ctx["acc_stage"])
     ctx["bias_phase_bits"] = bits_for(ctx["bias_phases"])
     ctx["n_addr_rows"] = len(address_rows(design)[0])
