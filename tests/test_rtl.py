@@ -12,12 +12,13 @@ import pytest
 from ccflow.arrayconfig import ArrayConfig, NumberFormats
 from ccflow.design import Design
 from ccflow.generate import (MEM_FILES, TEMPLATE_DIR, RenderError, block_interval, mem_layout, pack_words, read_mem,
-                             render_rtl, rtl_context, signed_bits, start_interval)
+                             render_rtl, rtl_context, signed_bits, start_interval, tile_rom_shape)
 from ccflow.quantize import FloatModel, quantize
 from ccflow.simulate import SimulationError, lint_verilator, parse_pyverilog, yosys_stat
 
 MODULES = ["ccflow_accumulator", "ccflow_act_mem", "ccflow_controller", "ccflow_decoder_out", "ccflow_embedding",
-           "ccflow_lut", "ccflow_mul", "ccflow_pipe_reg", "ccflow_pointwise", "ccflow_ram", "ccflow_rom", "ccflow_top", "mx_array", "mx_cell"]
+           "ccflow_lut", "ccflow_mul", "ccflow_pipe_reg", "ccflow_pointwise", "ccflow_ram", "ccflow_rom", "ccflow_tile_rom", "ccflow_top", "mx_array",
+           "mx_cell"]
 
 # Several models and arrays, including odd ones: rows not a power of two, alpha not a power of
 # two, alpha 1, a single array column, vocabulary smaller than a row block, wider accumulators,
@@ -78,7 +79,7 @@ def test_house_style(rendered):
         for word in ("logic", "always_ff", "always_comb", "always_latch", "typedef", "interface"):
             assert not re.search(rf"\b{word}\b", code), (p.name, word)
         initials = re.findall(r"\binitial\b(.*)", code)
-        assert all("$readmemh" in i for i in initials) and (not initials or p.stem in ("ccflow_rom", "ccflow_lut")), p.name
+        assert all("$readmemh" in i for i in initials) and (not initials or p.stem in ("ccflow_rom", "ccflow_tile_rom", "ccflow_lut")), p.name
         for name in re.findall(r"^\s*(?:input|output)\s+(?:wire|reg)\s*(?:signed\s*)?(?:\[[^\]]*\]\s*)?(\w+)",
                                code, re.M):
             # the top's streams keep their AXI4-Stream names (the one documented exception)
@@ -154,9 +155,10 @@ def test_mem_files_round_trip(rendered):
             np.testing.assert_array_equal(got, values, err_msg=name)
     # the layouts of docs/hardware.md, spelled out for one tile
     t, r, c = design.n_tiles - 1, design.array.rows - 1, design.array.cols - 1
-    word = int((out / "weights.mem").read_text().split()[t], 16)
+    rows, banks = tile_rom_shape(design.n_tiles)  # weights.mem: tile t in row t % rows, bank t // rows
+    word = int((out / "weights.mem").read_text().split()[t % rows], 16)
     wb = design.array.formats.weight_bits
-    v = (word >> ((r * design.array.cols + c) * wb)) & ((1 << wb) - 1)
+    v = (word >> (((t // rows) * design.array.cells + r * design.array.cols + c) * wb)) & ((1 << wb) - 1)
     assert v - ((v >> (wb - 1)) << wb) == design.tile_weight[t, r, c]
     meta = int((out / "tiles.mem").read_text().split()[t], 16)
     bb = rtl_context(design)["block_bits"]
@@ -242,7 +244,8 @@ def test_yosys_gives_a_resource_estimate(tmp_path):
     # the act banks (one RAM per array column and bank) and the cell state: every memory stays a memory
     assert rtl_context(design)["bias_ports"] == 1
     assert stat["memories"] == 4 + 3 + 1 + 1 + tables + arr.cols * arr.alpha + 1
-    assert stat["rom_bits"]["weights.mem"] == design.n_tiles * design.array.cells * design.array.formats.weight_bits
+    rows, banks = tile_rom_shape(design.n_tiles)
+    assert stat["rom_bits"]["weights.mem"] == rows * banks * design.array.cells * design.array.formats.weight_bits
 
 
 def test_the_ip_files_list_the_design(rendered, tmp_path):

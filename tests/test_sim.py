@@ -13,7 +13,7 @@ import pytest
 
 from ccflow.arrayconfig import ArrayConfig, NumberFormats
 from ccflow.corpus import load_corpus
-from ccflow.generate import render_rtl, rtl_context, token_interval
+from ccflow.generate import render_rtl, rtl_context, tile_rom_shape, token_interval
 from ccflow.golden import GoldenModel
 from ccflow.quantize import FloatLSTM, FloatModel, activation_luts, quantize
 from ccflow.simulate import run_top, run_unit
@@ -242,9 +242,10 @@ def _flip_weight(rtl, design, tile, row, col):
     original = path.read_text()
     lines = original.split()
     wb = design.array.formats.weight_bits
-    bit = (row * design.array.cols + col) * wb + wb - 1
-    width = len(lines[tile])
-    lines[tile] = format(int(lines[tile], 16) ^ (1 << bit), f"0{width}x")
+    rows, _ = tile_rom_shape(design.n_tiles)  # tile t: row t % rows, bank t // rows
+    bit = ((tile // rows) * design.array.cells + row * design.array.cols + col) * wb + wb - 1
+    width = len(lines[tile % rows])
+    lines[tile % rows] = format(int(lines[tile % rows], 16) ^ (1 << bit), f"0{width}x")
     path.write_text("\n".join(lines) + "\n")
     return original
 

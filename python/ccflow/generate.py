@@ -34,6 +34,8 @@ that are not fixed by docs/hardware.md are chosen here:
 ``cell_stages``     :data:`CELL_STAGES`: mx_cell's latency, inputs to product
 ``array_stages``    1 + cell_stages + tree_stages: mx_array's latency, inputs to row sums
 ``acc_stage``       array_stages + 5: the cycle S of a tile's accumulation (docs/hardware.md)
+``tile_rom_rows``   min(tiles, 1024): tiles per bank of ``weights.mem``/``selects.mem``; ``tile_rom_banks``
+                    banks, side by side in a row (:func:`fold_tiles`, ccflow_tile_rom)
 ``n_addr_rows``     the distinct rows of act words of the tiles (addrs.mem, :func:`address_rows`)
 ``row_group``       4: array rows served by one register copy of the columns' inputs
 ``mul_stages``      :data:`MUL_STAGES`: ccflow_mul's latency (every multiplier of the design)
@@ -68,6 +70,28 @@ class RenderError(RuntimeError):
 MUL_STAGES = 3
 # mx_cell's pipeline: the select mux, then ccflow_mul (mx_cell.v.j2)
 CELL_STAGES = 1 + MUL_STAGES
+
+
+# Tiles per bank of the weight and select ROMs (ccflow_tile_rom): 1,024, the depth of one ECP5
+# DP16KD port at 18 bits (and of a Xilinx RAMB18 at 18), as yosys's own cascade of these ROMs uses.
+# Banks of 512 (the 512 x 36 aspect) doubled the banks, every one delivering a whole word across the
+# die, and stalled nextpnr's router on the `small` design (docs/hardware.md).
+TILE_ROM_ROWS = 1024
+
+
+def tile_rom_shape(n_tiles: int) -> tuple[int, int]:
+    """(rows, banks) of weights.mem and selects.mem: tile t is row t % rows of bank t // rows."""
+    rows = min(n_tiles, TILE_ROM_ROWS)
+    return rows, -(-n_tiles // rows)
+
+
+def fold_tiles(values: np.ndarray) -> np.ndarray:
+    """[tiles, n] -> [rows, banks * n]: row r holds tile b * rows + r at columns [b*n, (b+1)*n), zero
+    past the last tile (the banked word layout of ccflow_tile_rom)."""
+    rows, banks = tile_rom_shape(len(values))
+    padded = np.zeros((rows * banks, values.shape[1]), dtype=values.dtype)
+    padded[: len(values)] = values
+    return padded.reshape(banks, rows, -1).transpose(1, 0, 2).reshape(rows, -1)
 
 
 def bits_for(n: int) -> int:
@@ -137,6 +161,8 @@ def rtl_context(design: Design) -> dict:
         cell_ram_words=cell_words * pw_phases,  # {row block, phase}: PHASES is a power of two
         cell_ram_bits=bits_for(cell_words) + (bits_for(pw_phases) if pw_phases > 1 else 0),
         n_tiles=design.n_tiles, tile_bits=bits_for(design.n_tiles),
+        tile_rom_rows=tile_rom_shape(design.n_tiles)[0], tile_rom_banks=tile_rom_shape(design.n_tiles)[1],
+        tile_row_bits=bits_for(tile_rom_shape(design.n_tiles)[0]),
         n_blocks=design.n_blocks, block_bits=block_bits,
         n_mats=n_mats, mat_bits=bits_for(n_mats), n_layers=n_layers, layer_bits=bits_for(n_layers),
         tags=2 ** bits_for(n_layers + 2), tag_bits=bits_for(n_layers + 2),
@@ -445,8 +471,8 @@ def mem_layout(design: Design) -> dict[str, tuple[list[tuple[np.ndarray, int, bo
     md = matrix_descriptors(design)
     bd_widths = [1, 1, ctx["real_bits"], ctx["index_bits"], ctx["mat_bits"], ctx["bank_bits"], ctx["local_bits"]]
     return {
-        "weights.mem": ([(design.tile_weight.reshape(t, -1), fmt.weight_bits, True)], t),
-        "selects.mem": ([(design.tile_sel.reshape(t, -1), ctx["sel_bits"], False)], t),
+        "weights.mem": ([(fold_tiles(design.tile_weight.reshape(t, -1)), fmt.weight_bits, True)], ctx["tile_rom_rows"]),
+        "selects.mem": ([(fold_tiles(design.tile_sel.reshape(t, -1)), ctx["sel_bits"], False)], ctx["tile_rom_rows"]),
         "addrs.mem": ([(addr_rows, ctx["local_bits"], False)], len(addr_rows)),
         "tiles.mem": ([(design.tile_block[:, None], ctx["block_bits"], False),
                        (design.tile_first[:, None].astype(np.int64), 1, False),
