@@ -11,8 +11,8 @@ import pytest
 
 from ccflow.arrayconfig import ArrayConfig, NumberFormats
 from ccflow.design import Design
-from ccflow.generate import (MEM_FILES, TEMPLATE_DIR, RenderError, block_interval, mem_layout, pack_words, read_mem,
-                             render_rtl, rtl_context, signed_bits, start_interval, tile_rom_shape)
+from ccflow.generate import (MEM_FILES, TEMPLATE_DIR, RenderError, block_interval, fold_tiles, mem_layout, pack_words,
+                             read_mem, render_rtl, rtl_context, signed_bits, start_interval, tile_rom_shape)
 from ccflow.quantize import FloatModel, quantize
 from ccflow.simulate import SimulationError, lint_verilator, parse_pyverilog, yosys_stat
 
@@ -318,6 +318,45 @@ def test_the_rtl_assertions_fire(tmp_path, emb_we, h_we, fires):
         assert fires in run.stdout + run.stderr and "no assertion fired" not in run.stdout
     else:
         assert "no assertion fired" in run.stdout and "FATAL" not in run.stdout + run.stderr
+
+
+TILE_ROM_TB = """
+module tb;
+  reg clk = 0;
+  reg [3:0] addr = 0;
+  wire [5:0] data;
+  ccflow_tile_rom #(.WIDTH(6), .ADDR_BITS(4), .ROWS(4), .ROW_BITS(2), .BANKS(3), .FILE("rom.mem")) u_dut (
+    .clk_i(clk), .addr_i(addr), .data_o(data));
+  integer i;
+  initial begin
+    for (i = 0; i < 13; i = i + 1) begin  // a new address every cycle, its word after the third edge
+      addr = i % 11;
+      #1 clk = 1; #1 clk = 0;
+      if (i >= 2) $display("word %0d = %0d", i - 2, data);
+    end
+    $finish;
+  end
+endmodule
+"""
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog not installed (make setup)")
+def test_the_tile_rom_reads_every_bank_three_cycles_later(tmp_path):
+    """ccflow_tile_rom with several banks (the generated designs here stay below 1,024 tiles, one bank):
+    11 words folded by fold_tiles into 3 banks of 4 rows read back in order, one per cycle."""
+    out = tmp_path / "rtl"
+    render_rtl(quantize(FloatModel.random(seed=2, vocab=13, emsize=8, hidden=(12,)), ArrayConfig(8, 4, 4)), out)
+    words = np.array([[(7 * w + 3) % 64] for w in range(11)])
+    folded = fold_tiles(words, bank_rows=4)
+    assert folded.shape == (4, 3) and folded[3, 2] == 0  # the row past the last word is zero
+    (tmp_path / "rom.mem").write_text(pack_words("rom.mem", [(folded, 6, False)]))
+    (tmp_path / "tb.v").write_text(TILE_ROM_TB)
+    vvp = tmp_path / "tb.vvp"
+    subprocess.run(["iverilog", "-o", str(vvp), str(tmp_path / "tb.v"), str(out / "ccflow_tile_rom.v")],
+                   check=True, capture_output=True, text=True)
+    run = subprocess.run(["vvp", "-n", str(vvp)], capture_output=True, text=True, cwd=tmp_path)
+    got = dict(map(int, m) for m in re.findall(r"word (\d+) = (\d+)", run.stdout))
+    assert got == {w: int(words[w, 0]) for w in range(11)}, run.stdout + run.stderr
 
 
 PHASE_DESIGNS = [  # (model, array): pointwise phases 1, 2, 4 and 8; bias fetched in 1 or 4 words

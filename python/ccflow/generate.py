@@ -79,16 +79,16 @@ CELL_STAGES = 1 + MUL_STAGES
 TILE_ROM_ROWS = 1024
 
 
-def tile_rom_shape(n_tiles: int) -> tuple[int, int]:
+def tile_rom_shape(n_tiles: int, bank_rows: int = TILE_ROM_ROWS) -> tuple[int, int]:
     """(rows, banks) of weights.mem and selects.mem: tile t is row t % rows of bank t // rows."""
-    rows = min(n_tiles, TILE_ROM_ROWS)
+    rows = min(n_tiles, bank_rows)
     return rows, -(-n_tiles // rows)
 
 
-def fold_tiles(values: np.ndarray) -> np.ndarray:
+def fold_tiles(values: np.ndarray, bank_rows: int = TILE_ROM_ROWS) -> np.ndarray:
     """[tiles, n] -> [rows, banks * n]: row r holds tile b * rows + r at columns [b*n, (b+1)*n), zero
     past the last tile (the banked word layout of ccflow_tile_rom)."""
-    rows, banks = tile_rom_shape(len(values))
+    rows, banks = tile_rom_shape(len(values), bank_rows)
     padded = np.zeros((rows * banks, values.shape[1]), dtype=values.dtype)
     padded[: len(values)] = values
     return padded.reshape(banks, rows, -1).transpose(1, 0, 2).reshape(rows, -1)
@@ -145,6 +145,7 @@ def rtl_context(design: Design) -> dict:
     bd_bank = bd_mat + bits_for(n_mats)
     bd_word = bd_bank + bits_for(alpha)
     emb_words = design.lstm_layers[0].out_base // alpha  # the embedding region, padded to whole bank rows
+    rom_rows, rom_banks = tile_rom_shape(design.n_tiles)
     ctx = dict(
         rows=rows, cols=cols, alpha=alpha, sel_bits=arr.sel_bits, units=units, cells=arr.cells,
         weight_bits=fmt.weight_bits, act_bits=fmt.act_bits, act_frac=fmt.act_frac, acc_bits=fmt.acc_bits,
@@ -161,8 +162,7 @@ def rtl_context(design: Design) -> dict:
         cell_ram_words=cell_words * pw_phases,  # {row block, phase}: PHASES is a power of two
         cell_ram_bits=bits_for(cell_words) + (bits_for(pw_phases) if pw_phases > 1 else 0),
         n_tiles=design.n_tiles, tile_bits=bits_for(design.n_tiles),
-        tile_rom_rows=tile_rom_shape(design.n_tiles)[0], tile_rom_banks=tile_rom_shape(design.n_tiles)[1],
-        tile_row_bits=bits_for(tile_rom_shape(design.n_tiles)[0]),
+        tile_rom_rows=rom_rows, tile_rom_banks=rom_banks, tile_row_bits=bits_for(rom_rows),
         n_blocks=design.n_blocks, block_bits=block_bits,
         n_mats=n_mats, mat_bits=bits_for(n_mats), n_layers=n_layers, layer_bits=bits_for(n_layers),
         tags=2 ** bits_for(n_layers + 2), tag_bits=bits_for(n_layers + 2),
