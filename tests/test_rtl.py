@@ -5,6 +5,7 @@ import math
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,7 +161,7 @@ def test_mem_files_round_trip(rendered):
     wb = design.array.formats.weight_bits
     v = (word >> (((t // rows) * design.array.cells + r * design.array.cols + c) * wb)) & ((1 << wb) - 1)
     assert v - ((v >> (wb - 1)) << wb) == design.tile_weight[t, r, c]
-    meta = int((out / "tiles.mem").read_text().split()[t], 16)
+    meta = tile_metas(out, design)[t]
     bb = rtl_context(design)["block_bits"]
     assert meta & ((1 << bb) - 1) == design.tile_block[t]
     assert (meta >> bb) & 1 == design.tile_first[t] and (meta >> (bb + 1)) & 1 == design.tile_last[t]
@@ -175,6 +176,15 @@ def test_mem_files_round_trip(rendered):
             assert got == design.tile_addr[t, c, k] // alpha and design.tile_addr[t, c, k] % alpha == k
 
 
+def tile_metas(rtl_dir, design) -> list[int]:
+    """Each tile's tiles.mem word, unfolded: tile t in row t % rows, bank t // rows (docs/hardware.md)."""
+    ctx = rtl_context(design)
+    rows, bits = ctx["tile_rom_rows"], ctx["tile_meta_bits"]
+    lines = [int(w, 16) for w in (Path(rtl_dir) / "tiles.mem").read_text().split()]
+    assert len(lines) == rows
+    return [(lines[t % rows] >> (t // rows * bits)) & ((1 << bits) - 1) for t in range(design.n_tiles)]
+
+
 def test_tiles_that_read_the_same_words_share_an_address_row(tmp_path):
     """addrs.mem keeps one row per distinct set of act words: with whole-matrix groups the row
     blocks of a matrix read the same words, so there are far fewer rows than tiles, and every
@@ -184,7 +194,7 @@ def test_tiles_that_read_the_same_words_share_an_address_row(tmp_path):
     ctx = rtl_context(design)
     render_rtl(design, tmp_path)
     rows = (tmp_path / "addrs.mem").read_text().split()
-    metas = [int(w, 16) for w in (tmp_path / "tiles.mem").read_text().split()]
+    metas = tile_metas(tmp_path, design)
     assert len(rows) == ctx["n_addr_rows"] < design.n_tiles // 2
     lb, alpha, cols = ctx["local_bits"], design.array.alpha, design.array.cols
     for t, meta in enumerate(metas):
@@ -397,11 +407,13 @@ def test_phases_fit_between_blocks(model_kw, array):
     k = ctx["bias_phases"]
     assert start_interval(design) <= _issue_order_gaps(design, starts=True)
     if k > 1:
-        assert array.rows % k == 0 and k + 5 <= ctx["acc_stage"] and start_interval(design) >= ctx["acc_stage"] - 2
+        line = ctx["acc_stage"] - ctx["meta_stage"]  # cycles from the tile's tiles.mem word to S
+        assert array.rows % k == 0 and k + 3 <= line and start_interval(design) >= line
         words = read_mem_words(design, "bias.mem")
         assert len(words) == design.n_blocks * k  # block b's rows [j * rows/k, (j+1) * rows/k) in word b*k + j
     else:
-        assert start_interval(design) < ctx["acc_stage"] - 2 or array.rows % 2 or ctx["acc_stage"] < 7
+        line = ctx["acc_stage"] - ctx["meta_stage"]
+        assert start_interval(design) < line or array.rows % 2 or line < 5
 
 
 def read_mem_words(design, name):

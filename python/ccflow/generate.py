@@ -33,9 +33,10 @@ that are not fixed by docs/hardware.md are chosen here:
 ``tag_bits``        clog2(layers + 2): token tags, one per token with uncounted saturations
 ``cell_stages``     :data:`CELL_STAGES`: mx_cell's latency, inputs to product
 ``array_stages``    1 + cell_stages + tree_stages: mx_array's latency, inputs to row sums
-``acc_stage``       array_stages + 5: the cycle S of a tile's accumulation (docs/hardware.md)
-``tile_rom_rows``   min(tiles, 1024): tiles per bank of ``weights.mem``/``selects.mem``; ``tile_rom_banks``
-                    banks, side by side in a row (:func:`fold_tiles`, ccflow_tile_rom)
+``meta_stage``      3: the cycle a tile's ``tiles.mem`` word arrives (ccflow_tile_rom, addressed in 0)
+``acc_stage``       meta_stage + 3 + array_stages: the cycle S of a tile's accumulation (docs/hardware.md)
+``tile_rom_rows``   min(tiles, 1024): tiles per bank of ``tiles.mem``/``weights.mem``/``selects.mem``;
+                    ``tile_rom_banks`` banks, side by side in a row (:func:`fold_tiles`, ccflow_tile_rom)
 ``n_addr_rows``     the distinct rows of act words of the tiles (addrs.mem, :func:`address_rows`)
 ``row_group``       4: array rows served by one register copy of the columns' inputs
 ``mul_stages``      :data:`MUL_STAGES`: ccflow_mul's latency (every multiplier of the design)
@@ -72,7 +73,7 @@ MUL_STAGES = 3
 CELL_STAGES = 1 + MUL_STAGES
 
 
-# Tiles per bank of the weight and select ROMs (ccflow_tile_rom): 1,024, the depth of one ECP5
+# Tiles per bank of the per-tile ROMs (tiles, weights, selects: ccflow_tile_rom): 1,024, the depth of one ECP5
 # DP16KD port at 18 bits (and of a Xilinx RAMB18 at 18), as yosys's own cascade of these ROMs uses.
 # Banks of 512 (the 512 x 36 aspect) doubled the banks, every one delivering a whole word across the
 # die, and stalled nextpnr's router on the `small` design (docs/hardware.md).
@@ -80,7 +81,7 @@ TILE_ROM_ROWS = 1024
 
 
 def tile_rom_shape(n_tiles: int, bank_rows: int = TILE_ROM_ROWS) -> tuple[int, int]:
-    """(rows, banks) of weights.mem and selects.mem: tile t is row t % rows of bank t // rows."""
+    """(rows, banks) of tiles.mem, weights.mem and selects.mem: tile t is row t % rows of bank t // rows."""
     rows = min(n_tiles, bank_rows)
     return rows, -(-n_tiles // rows)
 
@@ -137,6 +138,7 @@ def rtl_context(design: Design) -> dict:
     pw_lanes = units // pw_phases
     dec = design.decoder
     array_stages = 1 + CELL_STAGES + max(1, tree_levels)  # input registers, cells, adder trees
+    meta_stage = 3  # tiles.mem (ccflow_tile_rom): addressed in cycle 0, its word in cycle 3
     dec_blocks = [dict(slot=b, lo=b * rows, n=min(rows, design.vocab_size - b * rows)) for b in range(dec.n_blocks)]
     real_bits = units.bit_length()
     index_bits = max(bits_for(cell_words), bits_for(dec.n_blocks))
@@ -169,7 +171,10 @@ def rtl_context(design: Design) -> dict:
         tree_levels=tree_levels, tree_stages=max(1, tree_levels),
         mul_stages=MUL_STAGES, cell_stages=CELL_STAGES,
         array_stages=array_stages,  # mx_array: cycles from its inputs to its row sums
-        acc_stage=array_stages + 5,  # S: cycle of a tile's accumulation, from its issue in cycle 0
+        meta_stage=meta_stage,
+        # S: cycle of a tile's accumulation, from its issue in cycle 0: tiles.mem word, addrs.mem
+        # (two cycles), the act banks (one), the array
+        acc_stage=meta_stage + 3 + array_stages,
         row_group=4,  # array rows served by one copy of the columns' inputs (mx_array)
         h_stage=9 + 2 * MUL_STAGES,  # ccflow_pointwise's stage that writes h (two multiplies in series)
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
@@ -187,7 +192,7 @@ def rtl_context(design: Design) -> dict:
     # One bias read per cycle unless some tile starts two blocks (A at column 0 and A + 1 at its
     # split: a block shorter than a tile); then the accumulator reads the bias ROM twice.
     ctx["bias_ports"] = 2 if start_interval(design) == 0 else 1
-    ctx["bias_phases"] = bias_phases(design, ctx["acc_stage"])
+    ctx["bias_phases"] = bias_phases(design, ctx["acc_stage"] - meta_stage)
     ctx["bias_phase_bits"] = bits_for(ctx["bias_phases"])
     ctx["n_addr_rows"] = len(address_rows(design)[0])
     ctx["addr_row_bits"] = bits_for(ctx["n_addr_rows"])
@@ -222,18 +227,18 @@ def start_interval(design: Design) -> int:
     return min(gaps)
 
 
-def bias_phases(design: Design, acc_stage: int) -> int:
+def bias_phases(design: Design, line: int) -> int:
     """How many bias.mem words hold a row block's bias, fetched one per cycle while the block's first
-    tile travels from cycle 2 to its accumulation in cycle S = ``acc_stage`` (ccflow_accumulator):
-    words of fewer rows make the ROM deep instead of wide (a 32-row block's bias word is 18-29 block
-    RAMs wide, however few blocks). The largest power of two that divides the rows and leaves the
-    fetch done by S (phases + 5 <= S), if blocks start at least S - 2 cycles apart; else 1 (the
-    whole word read at once)."""
-    rows, line = design.array.rows, acc_stage - 2
+    tile travels the ``line`` = S - meta_stage cycles from its tiles.mem word to its accumulation in
+    cycle S (ccflow_accumulator): words of fewer rows make the ROM deep instead of wide (a 32-row
+    block's bias word is 18-29 block RAMs wide, however few blocks). The largest power of two that
+    divides the rows and leaves the fetch done by S (phases + 3 <= line), if blocks start at least
+    ``line`` cycles apart; else 1 (the whole word read at once)."""
+    rows = design.array.rows
     if start_interval(design) < line:
         return 1
     phases = 1
-    while rows % (2 * phases) == 0 and 2 * phases + 5 <= acc_stage:
+    while rows % (2 * phases) == 0 and 2 * phases + 3 <= line:
         phases *= 2
     return phases
 
@@ -474,11 +479,7 @@ def mem_layout(design: Design) -> dict[str, tuple[list[tuple[np.ndarray, int, bo
         "weights.mem": ([(fold_tiles(design.tile_weight.reshape(t, -1)), fmt.weight_bits, True)], ctx["tile_rom_rows"]),
         "selects.mem": ([(fold_tiles(design.tile_sel.reshape(t, -1)), ctx["sel_bits"], False)], ctx["tile_rom_rows"]),
         "addrs.mem": ([(addr_rows, ctx["local_bits"], False)], len(addr_rows)),
-        "tiles.mem": ([(design.tile_block[:, None], ctx["block_bits"], False),
-                       (design.tile_first[:, None].astype(np.int64), 1, False),
-                       (design.tile_last[:, None].astype(np.int64), 1, False),
-                       (design.tile_split[:, None], ctx["split_bits"], False),
-                       (addr_row[:, None], ctx["addr_row_bits"], False)], t),
+        "tiles.mem": (tile_meta_fields(design, ctx, addr_row), ctx["tile_rom_rows"]),
         "bias.mem": ([(design.block_bias.reshape(design.n_blocks * ctx["bias_phases"], -1), ctx["bias_bits"], True)],
                      design.n_blocks * ctx["bias_phases"]),
         "shift.mem": ([(design.block_shift, ctx["shift_bits"], False)], design.n_blocks),
@@ -491,6 +492,16 @@ def mem_layout(design: Design) -> dict[str, tuple[list[tuple[np.ndarray, int, bo
         "sigmoid.mem": ([(design.lut_sigmoid[:, None], fmt.act_bits, True)], fmt.lut_size),
         "tanh.mem": ([(design.lut_tanh[:, None], fmt.act_bits, True)], fmt.lut_size),
     }
+
+
+def tile_meta_fields(design: Design, ctx: dict, addr_row: np.ndarray) -> list[tuple[np.ndarray, int, bool]]:
+    """tiles.mem: each tile's {addr row, split, last, first, block} (LSB first), folded like the
+    weights (:func:`fold_tiles`): bank b's fields at bits [b * tile_meta_bits +: tile_meta_bits]."""
+    per_tile = [(design.tile_block, ctx["block_bits"]), (design.tile_first.astype(np.int64), 1),
+                (design.tile_last.astype(np.int64), 1), (design.tile_split, ctx["split_bits"]),
+                (addr_row, ctx["addr_row_bits"])]
+    folded = [(fold_tiles(np.asarray(v)[:, None]), bits) for v, bits in per_tile]
+    return [(values[:, b:b + 1], bits, False) for b in range(ctx["tile_rom_banks"]) for values, bits in folded]
 
 
 def mem_files(design: Design) -> dict[str, str]:

@@ -64,7 +64,7 @@ def accept_cycles(design: Design, timing: Timing, tokens: int) -> list[int]:
     next_tag = 0
     out_pend = False
     # loader registers
-    loading = loaded = False
+    loading = loaded = taken = False
     we_q = we_q2 = False
     word = 0
     wr_word_q = wr_word_q2 = 0
@@ -127,7 +127,7 @@ def accept_cycles(design: Design, timing: Timing, tokens: int) -> list[int]:
                 next_tag_d = next_tag + 1 if loaded else next_tag
 
         # ---- loader (combinational, then registers)
-        tok_ready = not loading and not we_q and not we_q2 and not loaded
+        tok_ready = not loading and not we_q and not we_q2 and not loaded and not taken
         if tok_ready:
             accepted.append(cycle)
         loaded_d = loaded
@@ -145,7 +145,7 @@ def accept_cycles(design: Design, timing: Timing, tokens: int) -> list[int]:
                 loading_d = False
         wr_word_q2, wr_word_q = wr_word_q, word
         we_q2, we_q = we_q, we_d
-        loading, word, loaded = loading_d, word_d, loaded_d
+        loading, word, loaded, taken = loading_d, word_d, loaded_d, take
 
         # ---- controller registers
         state, tile, mat, full, pend, out_pend = state_d, tile_d, mat_d, full_d, pend_d, out_pend_d
