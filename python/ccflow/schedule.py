@@ -13,7 +13,7 @@ cycle S (``acc_stage`` of the render context), its gate inputs reach the pointwi
 which writes h in its stage P``h_stage`` (S + 3 + h_stage = S + 18), one phase of rows/4 / phases
 units per cycle for ``pw_phases`` cycles (``commit`` with a layer's last block's last phase, a matrix
 that waits for it issues a cycle later), and holds the embedding loader's bank writes off two
-cycles ahead of each; the decoder's logits are presented in S + 7.
+cycles ahead of each; the decoder's logits are presented in S + 8.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Timing:
 
     @property
     def logits(self) -> int:  # last decoder tile issued -> m_axis_tvalid
-        return self.acc_stage + 7
+        return self.acc_stage + 8
 
 
 def accept_cycles(design: Design, timing: Timing, tokens: int) -> list[int]:
