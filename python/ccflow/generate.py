@@ -34,7 +34,7 @@ that are not fixed by docs/hardware.md are chosen here:
 ``cell_stages``     :data:`CELL_STAGES`: mx_cell's latency, inputs to product
 ``array_stages``    1 + cell_stages + tree_stages: mx_array's latency, inputs to row sums
 ``meta_stage``      3: the cycle a tile's ``tiles.mem`` word arrives (ccflow_tile_rom, addressed in 0)
-``acc_stage``       meta_stage + 3 + array_stages: the cycle S of a tile's accumulation (docs/hardware.md)
+``acc_stage``       meta_stage + 4 + array_stages: the cycle S of a tile's accumulation (docs/hardware.md)
 ``tile_rom_rows``   min(tiles, 1024): tiles per bank of ``tiles.mem``/``weights.mem``/``selects.mem``;
                     ``tile_rom_banks`` banks, side by side in a row (:func:`fold_tiles`, ccflow_tile_rom)
 ``n_addr_rows``     the distinct rows of act words of the tiles (addrs.mem, :func:`address_rows`)
@@ -173,8 +173,8 @@ def rtl_context(design: Design) -> dict:
         array_stages=array_stages,  # mx_array: cycles from its inputs to its row sums
         meta_stage=meta_stage,
         # S: cycle of a tile's accumulation, from its issue in cycle 0: tiles.mem word, addrs.mem
-        # (two cycles), the act banks (one), the array
-        acc_stage=meta_stage + 3 + array_stages,
+        # (two cycles), the act banks (two: the block RAM, its output register), the array
+        acc_stage=meta_stage + 4 + array_stages,
         row_group=4,  # array rows served by one copy of the columns' inputs (mx_array)
         h_stage=9 + 2 * MUL_STAGES,  # ccflow_pointwise's stage that writes h (two multiplies in series)
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
