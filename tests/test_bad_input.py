@@ -163,6 +163,7 @@ CASES = [
     ("fpga --rtl {ws}/rtl --freq -5", 2, "--freq -5.0 must be", {}),
     ("fpga --rtl {ws}/rtl --seed -1", 2, "--seed -1 must be >= 0", {}),
     ("fpga --rtl {ws}/rtl --placer-density 2", 2, "placer density must be in (0, 1]", {}),
+    ("fpga --rtl {ws}/rtl --placer-timing-weight 0", 2, "--placer-timing-weight 0 must be an int >= 1", {}),
     ("fpga --rtl {ws}/text.txt --synth-only", 2, "a file, not a folder", {}),
     ("fpga --rtl {ws}/nosuch --xilinx --no-ecp5", 2, "no such folder", {}),
     # combine

@@ -239,9 +239,14 @@ def test_the_report_knows_which_rtl_it_measured(toy, tmp_path):
 
 
 def test_bad_place_and_route_options_are_refused(tmp_path):
-    """A router nextpnr does not have, or a placement density outside (0, 1], is refused before any tool runs."""
+    """A router nextpnr does not have, a placement density outside (0, 1] or a timing weight or
+    criticality exponent below 1 is refused before any tool runs."""
     with pytest.raises(FpgaError, match="router must be router1 or router2"):
         run_ecp5(tmp_path, router="router3")
     with pytest.raises(FpgaError, match=r"placer density must be in \(0, 1\]"):
         run_ecp5(tmp_path, placer_density=1.5)
+    with pytest.raises(FpgaError, match=r"--placer-timing-weight 0 must be an int >= 1"):
+        run_ecp5(tmp_path, timing_weight=0)
+    with pytest.raises(FpgaError, match=r"--placer-critexp -1 must be an int >= 1"):
+        run_ecp5(tmp_path, crit_exp=-1)
     assert not (tmp_path / "fpga").exists()

@@ -141,7 +141,8 @@ def cmd_fpga(args) -> None:
             raise FpgaError("--no-ecp5 without --xilinx leaves nothing to run")
         if not args.no_ecp5:
             run_ecp5(args.rtl, freq_mhz=args.freq, seed=args.seed, place=not args.synth_only, router=args.router,
-                     placer_density=args.placer_density)
+                     placer_density=args.placer_density, timing_weight=args.placer_timing_weight,
+                     crit_exp=args.placer_critexp)
         if args.xilinx:
             run_xilinx(args.rtl)
     except FpgaError as e:  # one line naming the step and its log; a design too big prints its table first
@@ -231,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--router", choices=("router1", "router2"), default="router1", help="nextpnr router (default router1)")
     fp.add_argument("--placer-density", type=float, default=None, metavar="F",
                     help="nextpnr HeAP maximum placement density in (0, 1]; lower spreads congested logic")
+    fp.add_argument("--placer-timing-weight", type=int, default=None, metavar="N",
+                    help="nextpnr HeAP timing weight (its default 10); larger pulls critical arcs shorter")
+    fp.add_argument("--placer-critexp", type=int, default=None, metavar="N",
+                    help="nextpnr HeAP criticality exponent (its default 2)")
     fp.add_argument("--xilinx", action="store_true", help="also a yosys synth_xilinx estimate for an XC7VX485T")
     fp.add_argument("--no-ecp5", action="store_true", help="skip the ECP5 run (with --xilinx)")
     fp.add_argument("--require-timing", action="store_true", help="exit 1 when the clock target is not met")

@@ -91,12 +91,17 @@ class ToolRun:
 def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100.0, device: str = "LFE5U-85F",
              package: str = "CABGA381", seed: int = 1, speed: int = 6, io: str = "auto",
              timeout: float = 6 * 3600, harness: bool = True, place: bool = True, router: str = "router1",
-             placer_density: float | None = None) -> dict:
+             placer_density: float | None = None, timing_weight: int | None = None,
+             crit_exp: int | None = None) -> dict:
     """Synthesize ``top`` for an ECP5, place and route it at ``freq_mhz``; return and store the figures.
 
     ``place=False`` stops after synthesis: the utilization then comes from yosys's cell counts
     (LUT4 + 2 per CCU2C as TRELLIS_COMB, TRELLIS_DPR16X4 as TRELLIS_RAMW) against the LFE5U-85F,
     with no Fmax. Minutes instead of the place-and-route's tens of minutes on a full array.
+
+    ``timing_weight`` and ``crit_exp`` (nextpnr's HeAP timing weight, default 10, and criticality
+    exponent, default 2): larger values pull critical arcs shorter. The trained ``small`` on a 16 x 2
+    array met 100 MHz with 30 and 4 (100.4 MHz), 96.3 MHz with the defaults (docs/hardware.md).
 
     ``harness`` (default, for ``ccflow_top``): implement ``ccflow_fpga_top`` (:data:`HARNESS`) around
     it, which registers every port and folds the logits onto 16 pins -- the logits stream is far
@@ -115,6 +120,9 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
     if placer_density is not None and not 0.0 < placer_density <= 1.0:
         raise FpgaError(f"--placer-density: placer density must be in (0, 1], not {placer_density} "
                         "(lower spreads congested logic)")
+    for flag, value in (("--placer-timing-weight", timing_weight), ("--placer-critexp", crit_exp)):
+        if value is not None and value < 1:
+            raise FpgaError(f"{flag} {value} must be an int >= 1 (nextpnr HeAP; larger pulls critical arcs shorter)")
     if not (math.isfinite(freq_mhz) and freq_mhz > 0):
         raise FpgaError(f"--freq {freq_mhz} must be a clock target in MHz > 0 (default 100)")
     if seed < 0:
@@ -151,7 +159,12 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
             "--report", f"{WORK}/report.json", "-q", "--router", router]
     if placer_density is not None:  # HeAP's maximum placement density: lower spreads congested logic
         args += ["--placer-heap-beta", f"{placer_density:g}"]
-    report.update(router=router, placer_density=placer_density)
+    if timing_weight is not None:
+        args += ["--placer-heap-timingweight", str(timing_weight)]
+    if crit_exp is not None:
+        args += ["--placer-heap-critexp", str(crit_exp)]
+    report.update(router=router, placer_density=placer_density, placer_timing_weight=timing_weight,
+                  placer_critexp=crit_exp)
     try:
         pnr, report["io"] = _place_and_route(rtl_dir, args, io, timeout)
     except DoesNotFit as e:
