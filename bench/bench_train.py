@@ -28,7 +28,8 @@ from torch import nn
 
 from ccflow.config import load_config
 from ccflow.model import LSTMLanguageModel
-from ccflow.prune import combine_model, enforce_masks, nonzero_weights, prune_layer
+from ccflow.pack import FloatModel, pack_model
+from ccflow.prune import combine_model, enforce_masks, prune_layer
 from ccflow.train import train_step
 
 NTOKEN = 50  # PTB-char's vocabulary
@@ -103,16 +104,17 @@ def bench_preset(name: str, steps: int, warmup: int, device: str) -> tuple[float
             if r >= warmup:
                 times[label].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    cells = sum(p.packed_cells for p in packings.values())
-    dense_cells = sum(l.weight_ih.numel() + l.weight_hh.numel() for l in masked.layers)
+    packed = pack_model(FloatModel.from_torch(masked.cpu()), cfg.array, packings)
+    masked.to(device)
     nparams = sum(p.numel() for p in dense.parameters())
     print(f"{name}: batch {t.batch_size} x bptt {t.bptt}, {nparams / 1e6:.2f} M parameters, "
           f"{torch.get_num_threads()} threads on {device}, median of {steps} steps after {warmup} warm-up")
     for k, v in med.items():
         spread = f"{min(times[k]):.3f}..{max(times[k]):.3f}"
         print(f"  {k:<11} {v:8.3f} s/step  ({spread})")
-    print(f"  masked model: {nonzero_weights(masked)} nonzero LSTM weights, {cells} packed cells of {dense_cells} "
-          f"({dense_cells / cells:.2f}x fewer); combine step took {combine_s:.2f} s (once per scheduled epoch)")
+    print(f"  masked model: {packed.nnz} nonzero weights, {packed.packed_cells} packed cells of {packed.dense_cells} "
+          f"({packed.dense_cells / packed.packed_cells:.2f}x fewer, decoder included); combine step took "
+          f"{combine_s:.2f} s (once per scheduled epoch)")
     return med["masked"] / med["dense"], med["dense"] / med["torch-lstm"]
 
 

@@ -1,18 +1,19 @@
-"""Column combining experiments: one training budget, eight ways to spend the array.
+"""The BPC-versus-array-cells frontier: every way to spend the array, one training budget.
 
-On ``ptbc-small`` with the ``small`` preset (3 x 256), each run trains for the
-same number of epochs with the same schedule; only pruning and combining
-differ. For every run: test BPC (float, the toolkit's protocol), nonzero LSTM
-weights, packed array cells, utilization, and the fixed-point model on the
-array (8-bit weights) with its test BPC and cycles per token.
+On ``ptbc-small`` with the ``small`` preset (3 x 256 LSTM), every run trains for the same
+epochs with the same learning-rate schedule; runs differ in width, dropout, pruning,
+combining and training method. For each finished run, ``measure`` records test BPC (float,
+the toolkit's protocol), the 8-bit fixed-point BPC of the design ``ccflow rtl`` would build,
+and the packing stage's figures (``ccflow.pack``: packed cells = cells the array executes per
+token, decoder included). Records are merged by name into ``docs/results.json``; the table
+and the plot in ``docs/results.md`` are made from all of them, so a sweep can be run in parts.
 
-    python bench/experiments.py                 # all runs, 2 at a time, then docs/results.md
-    python bench/experiments.py --only cc,cpcc-1.0 --epochs 6   # a quick subset
-    python bench/experiments.py --report        # rewrite docs/results.md from finished runs
+    python bench/experiments.py --list                     # the runs, by family
+    python bench/experiments.py --only dense-128,prune-0.8 # train (2 at a time, 1 thread each) + record
+    python bench/experiments.py --report                   # table and plot from docs/results.json
 
-Runs resume where they stopped (``ccflow train --resume``), so an interrupted
-sweep continues. Figures are comparable only with each other (ptbc-small, not
-PTB-char).
+Runs resume where they stopped (``ccflow train --resume``). Figures are comparable only with
+each other (ptbc-small trains on 90% of PTB-char's validation text).
 """
 
 from __future__ import annotations
@@ -20,246 +21,273 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 
-SPARSITY = 0.8
-PRUNE = [f"prune.sparsity={SPARSITY}", "prune.start_epoch=3", "prune.ramp_epochs=12"]
-
-
-def combine(gamma: float, row_split: bool, rows: int = 32) -> list[str]:
-    return ["combine.epochs=[16, 20]", f"combine.gamma={gamma}", f"combine.row_split={str(row_split).lower()}",
-            f"array.rows={rows}"]
-
-
-# name -> (family for the plot, label, overrides of the small preset)
-RUNS = {
-    "dense": ("dense", "dense", []),
-    "prune": ("pruning only", f"magnitude pruning to {SPARSITY:.0%}", PRUNE),
-    "cc": ("CC", "CC (gamma 0)", PRUNE + combine(0.0, False)),
-    "cpcc-0.5": ("CPCC", "CPCC gamma 0.5", PRUNE + combine(0.5, False)),
-    "cpcc-1.0": ("CPCC", "CPCC gamma 1.0", PRUNE + combine(1.0, False)),
-    "cpcc-1.75": ("CPCC", "CPCC gamma 1.75", PRUNE + combine(1.75, False)),
-    "rowblock-cc-32": ("row-block CC", "row-block CC, 32-row blocks", PRUNE + combine(0.0, True, 32)),
-    "rowblock-cc-128": ("row-block CC", "row-block CC, 128-row blocks", PRUNE + combine(0.0, True, 128)),
-}
+EPOCHS = 40
 BUDGET = ["train.when=[32, 37]"]
 KEEP = "<!-- written by hand from here on; bench/experiments.py keeps it -->"
 
 
-def train(name: str, out: Path, epochs: int, threads: int) -> None:
-    _, _, overrides = RUNS[name]
-    cmd = [sys.executable, "-m", "ccflow", "train", "--config", "small", "--out", str(out), "--resume",
-           "--epochs", str(epochs)]
-    for o in BUDGET + overrides:
+@dataclass(frozen=True)
+class Run:
+    family: str
+    label: str
+    overrides: tuple[str, ...]
+    teacher: str | None = None  # a run whose model.pt this one distills from
+
+
+def dense(width: int, drop: float) -> tuple[str, ...]:
+    """A dense 3 x width model, the small preset's dropouts scaled by ``drop``."""
+    return (f"model.emsize={width}", f"model.nhid={width}", f"model.dropout={0.1 * drop:g}",
+            f"model.dropouth={0.25 * drop:g}", f"model.dropouti={0.1 * drop:g}", f"model.wdrop={0.5 * drop:g}")
+
+
+def prune(sparsity: float, *extra: str) -> tuple[str, ...]:
+    """Linear ramp over epochs 3-14, the schedule of the earlier sweep."""
+    return (f"prune.sparsity={sparsity}", "prune.start_epoch=3", "prune.ramp_epochs=12", *extra)
+
+
+def combine(gamma: float, row_split: bool, epochs: str = "[16, 20]") -> tuple[str, ...]:
+    return (f"combine.epochs={epochs}", f"combine.gamma={gamma}", f"combine.row_split={str(row_split).lower()}")
+
+
+PAPER = ("prune.sparsity=0.9", "prune.alpha_scaled=true", "prune.start_epoch=1", "prune.ramp_epochs=20",
+         "prune.steps=10", "prune.schedule=cubic", "prune.l1=1e-6",
+         "combine.epochs=[2, 4, 6, 8, 10, 12, 14, 16, 18, 20]", "combine.gamma=0.5", "combine.row_split=false")
+
+RUNS: dict[str, Run] = {}
+for w in (256, 192, 128, 96, 64):
+    for d in (1.0, 0.5, 0.25):
+        RUNS[f"dense-{w}-d{d:g}"] = Run("dense", f"dense 3 x {w}, dropout x{d:g}", dense(w, d))
+for s in (0.6, 0.8, 0.9):
+    RUNS[f"prune-{s:g}"] = Run("pruning only", f"magnitude pruning to {s:.0%}", prune(s))
+for s in (0.8, 0.9):
+    RUNS[f"bbs-{s:g}"] = Run("bank-balanced", f"bank-balanced {s:.0%}, banks of 32",
+                             prune(s, "prune.method=bank_balanced", "prune.bank_size=32"))
+RUNS["rbcc"] = Run("row-block CC", "80%, CC in 32-row blocks", prune(0.8) + combine(0.0, True))
+for g in (0.1, 0.25, 0.5):
+    RUNS[f"cpcc-rb-{g:g}"] = Run("CPCC, row blocks", f"80%, CPCC gamma {g:g}, 32-row blocks", prune(0.8) + combine(g, True))
+    RUNS[f"cpcc-{g:g}"] = Run("CPCC, whole matrices", f"80%, CPCC gamma {g:g}, whole", prune(0.8) + combine(g, False))
+RUNS["paper"] = Run("paper recipe", "paper: 10 cubic steps + combine each, 90% x (1 - 1/8), L1", PAPER)
+# Methods (issue: combine-aware pruning, distillation, cubic ramp with recovery, iterative, wider)
+RUNS["cubic-cpcc-0.5"] = Run("methods", "cubic ramp 2-21 in 10 steps, CPCC 0.5 whole at 22, 24",
+                             ("prune.sparsity=0.8", "prune.start_epoch=2", "prune.ramp_epochs=20", "prune.steps=10",
+                              "prune.schedule=cubic") + combine(0.5, False, "[22, 24]"))
+RUNS["iter-cpcc-0.5"] = Run("methods", "iterative: 4 prune steps, combine after each, CPCC 0.5 whole",
+                            prune(0.8, "prune.steps=4") + combine(0.5, False, "[5, 8, 11, 14, 16, 20]"))
+RUNS["soft-cpcc-0.5"] = Run("methods", "combine-aware: 2 soft epochs before each combine, CPCC 0.5 whole",
+                            prune(0.8) + combine(0.5, False) + ("combine.soft_epochs=2",))
+RUNS["kd-cpcc-0.5"] = Run("methods", "distilled from dense 3 x 256, CPCC 0.5 whole",
+                          prune(0.8) + combine(0.5, False) + ("train.distill_weight=0.5", "train.distill_temp=2.0"),
+                          teacher="dense-256-d1")
+RUNS["wide-384-cpcc-0.5"] = Run("methods", "3 x 384 pruned to 90%, CPCC 0.5 whole",
+                                dense(384, 1.0) + prune(0.9) + combine(0.5, False))
+
+FAMILY_COLORS = {"dense": "black", "pruning only": "tab:gray", "bank-balanced": "tab:brown", "row-block CC": "tab:green",
+                 "CPCC, row blocks": "tab:olive", "CPCC, whole matrices": "tab:red", "paper recipe": "tab:purple",
+                 "methods": "tab:blue"}
+
+
+def command(name: str, out: Path) -> list[str]:
+    run = RUNS[name]
+    cmd = ["python", "-m", "ccflow", "train", "--config", "small", "--out", str(out), "--epochs", str(EPOCHS),
+           "--threads", "1"]
+    sets = [*BUDGET, *run.overrides]
+    if run.teacher:
+        sets.append(f'train.distill="{out.parent / run.teacher / "model.pt"}"')
+    for o in sets:
         cmd += ["--set", o]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO / "python"))
+    return cmd
+
+
+def train(name: str, out: Path) -> None:
+    cmd = command(name, out)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "python"))
     with open(out.parent / f"{out.name}.log", "a") as log:
-        log.write(" ".join(cmd) + "\n")
+        log.write(shlex.join(cmd) + "\n")
         log.flush()
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        subprocess.run([sys.executable, *cmd[1:], "--resume"], check=True, stdout=log, stderr=subprocess.STDOUT,
+                       env=env, cwd=REPO)
 
 
 def measure(name: str, out: Path) -> dict:
-    """Float and fixed-point test BPC, weights, cells, hardware figures of a finished run."""
-    import numpy as np
+    """The record of a finished run: BPC float and fixed point, the packing stage's figures."""
     import torch
 
-    from ccflow.checkpoint import load_model
-    from ccflow.combine import combine_columns, lstm_matrix
+    from ccflow.checkpoint import load_model, read_checkpoint
     from ccflow.corpus import load_corpus
     from ccflow.evaluate import evaluate
     from ccflow.golden import fixed_point_bpc
-    from ccflow.quantize import FloatModel, quantize
+    from ccflow.pack import FloatModel, pack_model
+    from ccflow.quantize import quantize
 
     trained = load_model(out / "model.pt")
     cfg = trained.config
     test = load_corpus(cfg.data.corpus, vocab=trained.vocab).test
     with torch.no_grad():
-        float_bpc = evaluate(trained.model, test, cfg.train.test_batch_size, cfg.train.bptt)
+        test_bpc = evaluate(trained.model, test, cfg.train.test_batch_size, cfg.train.bptt)
     fm = FloatModel.from_torch(trained.model)
-    nnz = dense = packed = 0
-    for k, layer in enumerate(fm.layers):
-        m = lstm_matrix(layer.w_ih, layer.w_hh)
-        nnz += int(np.count_nonzero(m))
-        dense += m.size
-        p = (trained.packings or {}).get(k)
-        # without combining, every nonzero column still takes a whole array column
-        packed += (p or combine_columns(m, 1)).packed_cells
+    packed = pack_model(fm, cfg.array, trained.packings)
     design = quantize(fm, cfg.array, trained.packings)
+    assert design.packed_cells == packed.packed_cells  # one definition (ccflow.pack)
     streams = 64
     fixed = fixed_point_bpc(design, test, streams)
     with torch.no_grad():
         float_streams = evaluate(trained.model, test, streams, cfg.train.bptt)
-    return dict(name=name, family=RUNS[name][0], label=RUNS[name][1], overrides=BUDGET + RUNS[name][2],
-                epochs=cfg.train.epochs, model_epoch=trained.epoch, valid_bpc=trained.valid_bpc,
-                test_bpc=float_bpc, nnz=nnz, dense_cells=dense, packed_cells=packed, utilization=nnz / packed,
-                hw_tiles=design.n_tiles, hw_ideal_cycles=design.ideal_cycles, hw_packed_cells=design.packed_cells,
-                fixed_bpc=fixed, float_bpc_streams=float_streams, bpc_streams=streams,
-                array=f"{cfg.array.rows}x{cfg.array.cols}, alpha {cfg.array.alpha}")
+    run = RUNS[name]
+    # Bank-balanced sparsity runs on its own hardware (one PE per bank, Cao et al.): its cells are its
+    # nonzeros. Every other run is counted on the MX array, as ccflow would execute it.
+    cells = packed.nnz if run.family == "bank-balanced" else packed.packed_cells
+    seconds = read_checkpoint(out / "checkpoint.pt")["train"]["elapsed"]
+    return dict(name=name, family=run.family, label=run.label, test_bpc=round(test_bpc, 5),
+                fixed_point_bpc=round(fixed, 5), float_bpc_streams=round(float_streams, 5), bpc_streams=streams,
+                packed_cells=cells, array_cells=packed.packed_cells, dense_cells=packed.dense_cells,
+                nonzero_weights=packed.nnz, valid_bpc=round(trained.valid_bpc, 5), model_epoch=trained.epoch,
+                epochs=cfg.train.epochs, width=cfg.model.nhid, train_cpu_s=round(seconds),
+                array=f"{cfg.array.rows}x{cfg.array.cols}, alpha {cfg.array.alpha}", tiles=design.n_tiles,
+                command=shlex.join(command(name, Path("runs") / name)))
 
 
-def plot(results: list[dict], runs_dir: Path, img: Path) -> list[Path]:
+def pareto(records: list[dict]) -> set[str]:
+    """Names of the records no other record beats on both packed cells and test BPC."""
+    front = set()
+    for r in records:
+        if not any(o["packed_cells"] <= r["packed_cells"] and o["test_bpc"] <= r["test_bpc"]
+                   and (o["packed_cells"], o["test_bpc"]) != (r["packed_cells"], r["test_bpc"]) for o in records):
+            front.add(r["name"])
+    return front
+
+
+def plot(records: list[dict], img: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-
-    from ccflow.checkpoint import load_model
-    from ccflow.combine import lstm_matrix
 
     img.mkdir(parents=True, exist_ok=True)
-    colors = {"dense": "black", "pruning only": "tab:gray", "CC": "tab:blue", "CPCC": "tab:red",
-              "row-block CC": "tab:green"}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for family, color in colors.items():
-        rs = sorted((r for r in results if r["family"] == family), key=lambda r: r["packed_cells"])
+    front = pareto(records)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for family, color in FAMILY_COLORS.items():
+        rs = [r for r in records if r["family"] == family]
         if rs:
-            ax.plot([r["packed_cells"] / 1e3 for r in rs], [r["test_bpc"] for r in rs], "o-", color=color,
-                    label=family)
-    # Runs that land on the same point (CC = pruning only, CPCC 1.0 ~ 1.75) share one label.
-    labels: dict[tuple[float, float], list[str]] = {}
-    for r in results:
-        labels.setdefault((round(r["packed_cells"] / 1e3, -1), round(r["test_bpc"], 2)), []).append(r["name"])
-    for (x, y), names in labels.items():
-        ax.annotate(", ".join(names), (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points",
-                    ha="right" if x > 1200 else "left")
-    ax.set_xlabel("packed array cells of the LSTM matrices (thousands)")
-    ax.set_ylabel("test BPC (ptbc-small)")
-    ax.set_title("Same budget: test BPC against array cells")
-    ax.grid(alpha=0.3)
-    ax.legend()
+            ax.scatter([r["packed_cells"] for r in rs], [r["test_bpc"] for r in rs], color=color, label=family,
+                       s=[60 if r["name"] in front else 25 for r in rs],
+                       edgecolors=["black" if r["name"] in front else "none" for r in rs], zorder=3)
+    best = sorted((r for r in records if r["name"] in front), key=lambda r: r["packed_cells"])
+    if best:
+        ax.step([r["packed_cells"] for r in best], [r["test_bpc"] for r in best], where="post", color="black",
+                lw=0.8, ls="--", label="Pareto front", zorder=2)
+        for r in best:
+            ax.annotate(r["name"], (r["packed_cells"], r["test_bpc"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("packed array cells per token (every matrix, decoder included; bank-balanced: nonzeros)")
+    ax.set_ylabel("test BPC (ptbc-small, float)")
+    ax.set_title(f"small preset, {EPOCHS} epochs each: test BPC against array cells")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    tradeoff = img / "bpc_vs_packed_cells.png"
-    fig.savefig(tradeoff, dpi=120)
+    path = img / "bpc_vs_packed_cells.png"
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-
-    # One packed LSTM matrix: the original sparse layout next to its column-combined packing.
-    pick = next((r for r in results if r["name"] == "cpcc-1.0"), None) or next(
-        (r for r in results if r["family"] == "CPCC"), None)
-    if pick is None:
-        return [tradeoff]
-    trained = load_model(runs_dir / pick["name"] / "model.pt")
-    layer = trained.model.layers[1]
-    w_ih, w_hh = (w.detach().numpy() for w in layer.effective_weights())
-    m = lstm_matrix(w_ih, w_hh)
-    p = trained.packings[1]
-    rows = 128
-    packed = np.zeros((rows, p.groups_total))
-    start, stop, groups = p.blocks[0]
-    for g, cols in enumerate(groups):
-        packed[:, g] = np.abs(m[:rows, list(cols)]).max(axis=1)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6),
-                             gridspec_kw={"width_ratios": [m.shape[1], max(p.groups_total, m.shape[1] // 5)]})
-    vmax = np.abs(m).max()
-    axes[0].imshow(np.abs(m[:rows]), aspect="auto", cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
-    axes[0].set_title(f"layer 1 [W_ih | W_hh], first {rows} rows: {m.shape[1]} columns, "
-                      f"{np.count_nonzero(m[:rows]) / m[:rows].size:.0%} nonzero", fontsize=9)
-    axes[1].imshow(packed, aspect="auto", cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
-    axes[1].set_title(f"packed,\n{pick['label']}:\n{p.groups_total} groups,\n"
-                      f"{np.count_nonzero(packed) / packed.size:.0%} of cells used", fontsize=8)
-    axes[0].set_xlabel("matrix column (x, then h)")
-    axes[1].set_xlabel("array column (one group)")
-    for a in axes:
-        a.set_ylabel("row (unit-major gates)")
-    fig.tight_layout()
-    heatmap = img / "packed_matrix_heatmap.png"
-    fig.savefig(heatmap, dpi=120)
-    plt.close(fig)
-    return [tradeoff, heatmap]
+    return path
 
 
-def report(results: list[dict], epochs: int, doc: Path, images: list[Path]) -> None:
-    dense = next((r for r in results if r["name"] == "dense"), None)
+def report(records: list[dict], doc: Path, image: Path) -> None:
+    front = pareto(records)
+    ref = next((r for r in records if r["name"] == "dense-256-d1"), None)
+    order = {f: i for i, f in enumerate(FAMILY_COLORS)}
+    records = sorted(records, key=lambda r: (order.get(r["family"], 99), -r["packed_cells"], r["name"]))
+    cpu = sum(r["train_cpu_s"] for r in records)
     lines = [
-        "# Column combining experiments (`make experiments`)",
+        "# The BPC-versus-array-cells frontier (`make experiments`)",
         "",
-        "Same budget for every run: the `small` preset (3 x 256 LSTM, tied 256-wide embedding) on",
-        f"`ptbc-small`, {epochs} epochs, lr divided by 10 after epochs 32 and 37. Pruned runs ramp",
-        f"magnitude pruning to {SPARSITY:.0%} of every LSTM matrix over epochs 3 to 14; combining runs",
-        "combine after epochs 16 and 20 (alpha 8) and fine-tune with the masks fixed until the end.",
-        "`model.pt` is the best valid epoch once the masks are final.",
+        f"Same budget for every run: the `small` preset on `ptbc-small`, {EPOCHS} epochs, lr divided by 10",
+        "after epochs 32 and 37, one thread per run. ptbc-small trains on 90% of PTB-char's *validation*",
+        "text (354k characters): these BPC are comparable with each other only, not with published PTB-char",
+        "results. Every record, with the command that made it, is in [results.json](results.json).",
         "",
-        "ptbc-small trains on 90% of PTB-char's *validation* text (354k characters): these BPC are",
-        "comparable with each other only, not with published PTB-char results.",
+        f"{len(records)} runs, {cpu / 3600:.1f} CPU hours of training (one thread each, two at a time on",
+        "a 2-core machine). **Bold**: on the Pareto front (no run has fewer cells *and* lower BPC).",
         "",
-        "Produced by `python bench/experiments.py` (CPU, 2 runs at a time, 1 thread each).",
-        "",
-        "| run | test BPC (float) | fixed-point BPC | nonzero weights | packed cells | dense / packed cells | utilization | array | cycles/token (ideal) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | family | test BPC | vs dense 3 x 256 | fixed-point BPC | packed cells | fewer cells | nonzero weights |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        lines.append(
-            f"| {r['label']} | {r['test_bpc']:.4f} | {r['fixed_bpc']:.4f} (float {r['float_bpc_streams']:.4f}) "
-            f"| {r['nnz']:,} | {r['packed_cells']:,} | {r['dense_cells'] / r['packed_cells']:.2f}x "
-            f"| {r['utilization']:.1%} | {r['array']} | {r['hw_ideal_cycles']:.0f} |")
+    for r in records:
+        name = f"**{r['name']}**" if r["name"] in front else r["name"]
+        delta = f"{r['test_bpc'] - ref['test_bpc']:+.4f}" if ref else ""
+        fewer = f"{ref['packed_cells'] / r['packed_cells']:.2f}x" if ref else ""
+        lines.append(f"| {name} ({r['label']}) | {r['family']} | {r['test_bpc']:.4f} | {delta} "
+                     f"| {r['fixed_point_bpc']:.4f} | {r['packed_cells']:,} | {fewer} | {r['nonzero_weights']:,} |")
     lines += [
         "",
-        "- *test BPC (float)*: `ccflow eval` protocol, one stream over the whole test split.",
-        "- *fixed-point BPC*: the 8-bit integer golden model on the array (the hardware's numbers), scored on",
-        "  64 parallel streams of the test split; the float model on the same 64 streams in brackets.",
-        "- *packed cells*: rows x column groups, summed over the three LSTM matrices; without combining,",
-        "  every nonzero column takes a whole array column. *utilization* = nonzero weights / packed cells.",
-        "- *cycles/token (ideal)*: packed cells of all four matrices (decoder included) / array cells, for the",
-        "  layout the hardware gets. A run without packings of its own (dense, pruning only) is laid out with",
-        "  conflict-free combining in blocks of the array height, which loses nothing; so pruning only runs as",
-        "  fast as row-block CC at 32 rows, and whole-matrix CC is slower than that default. The 128-row run",
-        "  has a 128 x 16 array (4x the cells of the others).",
+        "- *test BPC*: `ccflow eval` protocol, one stream over the whole test split, float model.",
+        "- *fixed-point BPC*: the integer golden model of the design `ccflow rtl` builds (8-bit weights),",
+        "  on 64 parallel streams of the test split (`float_bpc_streams` in the JSON: the float model on them).",
+        "- *packed cells*: the cells the array executes per token (`ccflow.pack`): every matrix, the",
+        "  decoder included, in blocks of the array height (32 rows); a model never combined is laid out",
+        "  conflict-free, which loses nothing. Bank-balanced runs count their nonzeros (their own hardware,",
+        "  one PE per bank); `array_cells` in the JSON has their count on the MX array.",
+        f"- *fewer cells*: against dense 3 x 256 ({ref['packed_cells']:,} cells)." if ref else "",
+        "",
+        f"![test BPC against packed cells](img/{image.name})",
         "",
     ]
-    if dense:
-        lines.append(f"Dense baseline: {dense['test_bpc']:.4f} test BPC on {dense['dense_cells']:,} cells.")
-        lines.append("")
-    for img in images:
-        lines.append(f"![{img.stem}](img/{img.name})")
-        lines.append("")
-    # The reading of the figures is written by hand below the marker and survives a rewrite.
     kept = doc.read_text().split(KEEP, 1)[1] if doc.is_file() and KEEP in doc.read_text() else "\n"
     doc.write_text("\n".join(lines) + "\n" + KEEP + kept)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (1 thread each)")
-    ap.add_argument("--only", help="comma-separated run names: " + ", ".join(RUNS))
-    ap.add_argument("--out", default=str(REPO / "build" / "experiments"))
+    ap.add_argument("--only", help="comma-separated run names (default: all; --list shows them)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs trained at the same time, one thread each")
+    ap.add_argument("--out", default=str(REPO / "build" / "experiments"), help="run folders")
+    ap.add_argument("--json", default=str(REPO / "docs" / "results.json"), help="the records, merged by name")
     ap.add_argument("--doc", default=str(REPO / "docs" / "results.md"))
-    ap.add_argument("--report", action="store_true", help="only measure finished runs and rewrite the report")
-    ap.add_argument("--from-json", action="store_true",
-                    help="with --report: reuse OUT/results.json instead of measuring again (rewrites text and plots)")
+    ap.add_argument("--report", action="store_true", help="only rewrite the table and plot from --json")
+    ap.add_argument("--list", action="store_true", help="list the runs and exit")
     args = ap.parse_args()
+    if args.list:
+        for name, run in RUNS.items():
+            print(f"{name:<18} {run.family:<22} {run.label}")
+        return
     names = args.only.split(",") if args.only else list(RUNS)
-    unknown = set(names) - set(RUNS)
+    unknown = sorted(set(names) - set(RUNS))
     if unknown:
-        raise SystemExit(f"unknown run(s) {sorted(unknown)}; known: {', '.join(RUNS)}")
-    runs_dir = Path(args.out)
-    runs_dir.mkdir(parents=True, exist_ok=True)
+        raise SystemExit(f"unknown run(s) {unknown}; `python bench/experiments.py --list` shows the known ones")
+    store = Path(args.json)
+    records = {r["name"]: r for r in json.loads(store.read_text())} if store.is_file() else {}
     if not args.report:
-        threads = max(1, (os.cpu_count() or 2) // args.jobs)
+        runs_dir = Path(args.out)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        teachers = sorted({RUNS[n].teacher for n in names if RUNS[n].teacher} - set(names))
+        if teachers and not all((runs_dir / t / "model.pt").is_file() for t in teachers):
+            names = teachers + names  # a distilled run needs its teacher first
         t0 = time.time()
         with ThreadPoolExecutor(args.jobs) as pool:
-            for name, _ in zip(names, pool.map(lambda n: train(n, runs_dir / n, args.epochs, threads), names)):
-                print(f"trained {name} ({time.time() - t0:.0f} s so far)", flush=True)
-    results = []
-    if args.report and args.from_json:
-        results = [r for r in json.loads((runs_dir / "results.json").read_text()) if r["name"] in names]
-        names = []
-    for name in names:
-        if (runs_dir / name / "model.pt").is_file():
-            results.append(measure(name, runs_dir / name))
-            print(json.dumps(results[-1]), flush=True)
-    (runs_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            futures = {}
+            for n in names:  # teachers were queued first; their students wait for them
+                teacher = futures.get(RUNS[n].teacher)
+                futures[n] = pool.submit(lambda n=n, t=teacher: (t.result() if t else None, train(n, runs_dir / n)))
+            for n, f in futures.items():
+                f.result()
+                print(f"trained {n} ({time.time() - t0:.0f} s so far)", flush=True)
+        for n in names:
+            records[n] = measure(n, runs_dir / n)
+            print(json.dumps(records[n]), flush=True)
+            store.write_text(json.dumps(list(records.values()), indent=1) + "\n")  # after each: nothing lost
+    listed = [records[n] for n in RUNS if n in records]
     doc = Path(args.doc)
-    images = plot(results, runs_dir, doc.parent / "img")
-    report(results, args.epochs, doc, images)
-    print(f"wrote {doc}")
+    report(listed, doc, plot(listed, doc.parent / "img"))
+    print(f"wrote {doc} ({len(listed)} runs)")
 
 
 if __name__ == "__main__":

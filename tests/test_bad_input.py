@@ -167,10 +167,11 @@ CASES = [
     ("fpga --rtl {ws}/text.txt --synth-only", 2, "a file, not a folder", {}),
     ("fpga --rtl {ws}/nosuch --xilinx --no-ecp5", 2, "no such folder", {}),
     # combine
-    ("combine {ws}/model.pt --alpha 0", 2, "--alpha 0 must be an int >= 1", {}),
-    ("combine {ws}/model.pt --gamma inf", 2, "--gamma inf must be a finite number >= 0", {}),
-    ("combine {ws}/model.pt --gamma -1", 2, "--gamma -1.0 must be a finite number >= 0", {}),
-    ("combine {ws}/model.pt --row-block -2", 2, "--row-block -2 must be 0 (no row split) or an int >= 1", {}),
+    ("combine {ws}/model.pt --set array.alpha=0", 2, "array.alpha=0 must be >= 1", {}),
+    ("combine {ws}/model.pt --recombine --set combine.gamma=inf", 2, "combine.gamma=inf must be a finite number", {}),
+    ("combine {ws}/model.pt --recombine --set combine.gamma=-1", 2, "combine.gamma=-1.0 must be >= 0", {}),
+    ("combine {ws}/model.pt --set array.rows=6", 2, "multiple of 4", {}),
+    ("combine {ws}/model.pt --set combine.row_block=4", 2, "unknown config key 'combine.row_block'", {}),
     ("combine {ws}/tag.pt", 2, "damaged ccflow checkpoint", {}),
     # plots
     ("plots {ws} --out {ws}/plots", 2, "is a folder; give the log file inside it", {}),

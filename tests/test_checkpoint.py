@@ -60,7 +60,21 @@ def test_one_epoch_then_resume_equals_two_epochs_bitwise(text_corpus, tmp_path):
 
 @pytest.mark.parametrize("sig,at_step", [(signal.SIGTERM, 9), (signal.SIGINT, 8), (signal.SIGTERM, 12)])
 def test_a_signal_mid_epoch_saves_and_resume_is_exact(text_corpus, tmp_path, monkeypatch, sig, at_step):
-    run_training(_cfg(text_corpus), tmp_path / "straight")
+    _cut_and_resume(text_corpus, tmp_path, monkeypatch, sig, at_step)
+
+
+def test_resume_is_exact_with_distillation_l1_soft_combining_and_a_bank_balanced_cubic_ramp(text_corpus, tmp_path, monkeypatch):
+    teacher = run_training(_cfg(text_corpus, "train.epochs=1", "prune.sparsity=0", "combine.epochs=[]"),
+                           tmp_path / "teacher")
+    _cut_and_resume(text_corpus, tmp_path, monkeypatch, signal.SIGTERM, 9, f'train.distill="{teacher}"',
+                    "train.distill_weight=0.7", "train.distill_temp=2.0", "prune.l1=1e-4", "prune.ramp_epochs=2",
+                    "prune.steps=2", "prune.schedule=cubic", "prune.method=bank_balanced", "prune.bank_size=8",
+                    "combine.soft_epochs=1", "combine.soft_decay=0.1")
+
+
+def _cut_and_resume(text_corpus, tmp_path, monkeypatch, sig, at_step, *overrides):
+    cfg = _cfg(text_corpus, *overrides)
+    run_training(cfg, tmp_path / "straight")
     handler_before = signal.getsignal(sig)  # SIG_IGN for SIGINT when started in the background
     calls = {"n": 0}
     enforce = train_mod.enforce_masks
@@ -73,12 +87,12 @@ def test_a_signal_mid_epoch_saves_and_resume_is_exact(text_corpus, tmp_path, mon
 
     monkeypatch.setattr(train_mod, "enforce_masks", enforce_then_signal)
     with pytest.raises(TrainingInterrupted, match="--resume"):
-        run_training(_cfg(text_corpus), tmp_path / "cut")
+        run_training(cfg, tmp_path / "cut")
     ck = read_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert ck["epoch"] == 1 and ck["train"]["pos"]["batch"] == at_step - 6 and ck["train"]["step"] == at_step
     assert signal.getsignal(sig) is handler_before, "handlers restored"
     monkeypatch.setattr(train_mod, "enforce_masks", enforce)
-    run_training(_cfg(text_corpus), tmp_path / "cut", resume=True)
+    run_training(cfg, tmp_path / "cut", resume=True)
     _assert_same_run(tmp_path / "straight", tmp_path / "cut")
 
 

@@ -44,7 +44,7 @@ for name, overrides in json.loads(sys.argv[1]).items():
             "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
             "masks": [(l.mask_ih.clone(), l.mask_hh.clone()) for l in layers],
             "packings": None if trainer.packings is None else {l: p.to_dict() for l, p in trainer.packings.items()},
-            "stats": packing_stats(trainer.model, trainer.packings),
+            "stats": packing_stats(trainer.model, trainer.packings, trainer.cfg.array),
             "mismatches": trainer.mask_mismatches,
             "world": trainer.world, "local_batch": trainer.local_batch, "threads": torch.get_num_threads(),
         }, out / f"rank{rank}.pt")

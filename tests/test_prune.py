@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 from ccflow.config import ConfigError, ModelConfig, load_config
 from ccflow.model import LSTMLanguageModel
-from ccflow.prune import (apply_schedule, enforce_masks, final_mask_epoch, magnitude_mask, mask_optimizer_state,
-                          nonzero_weights, packing_stats, prune_layer, target_sparsity)
+from ccflow.prune import (apply_schedule, bank_balanced_mask, enforce_masks, final_mask_epoch, layer_sparsity,
+                          magnitude_mask, mask_optimizer_state, nonzero_weights, packing_stats, prune_layer,
+                          step_epochs, target_sparsity)
 
 
 def test_linear_ramp_starts_after_start_epoch_and_holds_the_target():
@@ -17,6 +18,76 @@ def test_linear_ramp_starts_after_start_epoch_and_holds_the_target():
     assert got == [0, 0, 0, 0.2, 0.4, 0.6, 0.8, 0.8, 0.8, 0.8]
     assert final_mask_epoch(cfg) == max(6, *cfg.combine.epochs)
     assert final_mask_epoch(load_config("small")) == 0  # nothing scheduled
+
+
+def test_cubic_ramp_in_steps_prunes_hard_early_and_ends_on_the_target():
+    # the column-combining paper's recipe: 10 steps over the first half (epochs 1-20 of 40), cubic
+    cfg = load_config("tiny", ["prune.sparsity=0.8", "prune.start_epoch=1", "prune.ramp_epochs=20",
+                               "prune.steps=10", "prune.schedule=cubic", "combine.epochs=[]"])
+    assert step_epochs(cfg.prune) == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20] and final_mask_epoch(cfg) == 20
+    got = [target_sparsity(cfg.prune, e) for e in range(0, 23)]
+    want = {e: 0.8 * (1 - (1 - (e // 2) / 10) ** 3) for e in range(0, 23)}
+    assert got == pytest.approx([want[min(e, 20)] for e in range(0, 23)])
+    assert got[2] == pytest.approx(0.8 * 0.271) and got[3] == got[2] and got[20] == got[22] == pytest.approx(0.8)
+    steps = np.diff([got[e] for e in step_epochs(cfg.prune)])
+    assert (np.diff(steps) < 0).all(), "every step prunes less than the one before"
+    with pytest.raises(ConfigError, match="prune.steps=21 must be in 0..prune.ramp_epochs=20"):
+        load_config("tiny", ["prune.ramp_epochs=20", "prune.steps=21"])
+    with pytest.raises(ConfigError, match="prune.schedule='cube' must be 'linear' or 'cubic'"):
+        load_config("tiny", ["prune.schedule=cube"])
+
+
+def test_alpha_scaled_sparsity_leaves_the_rest_to_combine_pruning():
+    cfg = load_config("tiny", ["prune.sparsity=0.8", "prune.start_epoch=1", "prune.ramp_epochs=1",
+                               "prune.alpha_scaled=true", "array.alpha=8", "combine.epochs=[]"])
+    assert layer_sparsity(cfg, 1) == pytest.approx(0.8 * (1 - 1 / 8))
+    model = _tiny_model(5)
+    apply_schedule(model, cfg, 1, None)
+    for layer in model.layers:
+        n = layer.mask_ih.numel() + layer.mask_hh.numel()
+        assert int(layer.mask_ih.sum() + layer.mask_hh.sum()) == n - round(0.7 * n)
+
+
+def test_bank_balanced_mask_keeps_the_same_share_of_every_bank_of_every_row():
+    torch.manual_seed(3)
+    w = torch.randn(6, 70)  # banks of 16: 4 full and one of 6 columns per row
+    m = bank_balanced_mask(w, torch.ones_like(w, dtype=torch.bool), 0.75, 16)
+    for r in range(6):
+        for a in range(0, 70, 16):
+            bank_w, bank_m = w[r, a:a + 16].abs(), m[r, a:a + 16]
+            assert int(bank_m.sum()) == len(bank_w) - round(0.75 * len(bank_w))  # 4 of 16, 2 of 6
+            assert bank_w[bank_m].min() > bank_w[~bank_m].max(), "the largest of the bank survive"
+    # never grows, and a weight already pruned stays pruned even if it is now the largest of its bank
+    w2 = w.clone()
+    w2[~m] = 100.0
+    m2 = bank_balanced_mask(w2, m, 0.875, 16)
+    assert not (m2 & ~m).any() and int(m2[:, :64].sum()) == 6 * 4 * 2
+    assert torch.equal(bank_balanced_mask(w, m2, 0.5, 16), m2)
+    # through the schedule: prune.method=bank_balanced on a layer's [W_ih | W_hh]
+    cfg = load_config("tiny", ["prune.sparsity=0.5", "prune.start_epoch=1", "prune.ramp_epochs=1",
+                               "prune.method=bank_balanced", "prune.bank_size=8", "combine.epochs=[]"])
+    model = _tiny_model(6)
+    apply_schedule(model, cfg, 1, None)
+    for layer in model.layers:
+        both = torch.cat([layer.mask_ih, layer.mask_hh], dim=1)
+        assert (both.reshape(both.shape[0], -1, 8).sum(dim=2) == 4).all()
+
+
+def test_l1_term_pulls_the_lstm_weights_toward_zero():
+    from ccflow.train import train_step
+
+    cfg = load_config("tiny")
+    tokens = torch.randint(0, 12, (17, 4), generator=torch.Generator().manual_seed(0))
+    sums = []
+    for l1 in (0.0, 1e-2):
+        model = _tiny_model(7)
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_step(model, opt, list(model.parameters()), tokens[:-1], tokens[1:], model.init_hidden(4),
+                   cfg.train, 0.1, l1)
+        sums.append(sum(float(l.weight_ih.detach().abs().sum() + l.weight_hh.detach().abs().sum()) for l in model.layers))
+    # SGD: the L1 gradient is l1 * sign(w), so every LSTM weight moves lr * l1 toward zero (before clipping)
+    assert sums[1] < sums[0]
 
 
 def test_combining_after_the_first_epoch_needs_an_explicit_override():
@@ -145,8 +216,11 @@ def test_apply_schedule_prunes_on_the_ramp_and_only_shrinks():
     expected = [total] + [sum(round((1 - s) * (l.weight_ih.numel() + l.weight_hh.numel())) for l in model.layers)
                           for s in (0.2, 0.4, 0.6, 0.6, 0.6)]
     assert counts == expected
-    nnz, cells, util = packing_stats(model, None)
-    assert nnz == counts[-1] and cells == total and util == pytest.approx(nnz / total)
+    nnz, cells, util = packing_stats(model, None, cfg.array)
+    decoder = model.encoder.weight.numel()  # tied, dense, executed like every other matrix
+    assert nnz == counts[-1] + decoder and util == pytest.approx(nnz / cells)
+    # never combined: conflict-free packing in blocks of the array height, within the bounds of its definition
+    assert nnz / cfg.array.alpha <= cells < total + decoder
 
 
 # --- column combining (ccflow.combine) -------------------------------------------------
@@ -183,8 +257,11 @@ def test_combine_step_ands_the_packing_mask_into_the_layer_masks():
             assert stop - start <= cfg.array.rows
             assert all(len(g) <= cfg.array.alpha for g in groups)
         total_nnz += p.nnz
-    nnz, cells, util = packing_stats(model, packings)
-    assert nnz == total_nnz and cells == sum(p.packed_cells for p in packings.values())
+    nnz, cells, util = packing_stats(model, packings, cfg.array)
+    decoder = model.encoder.weight.numel()
+    assert nnz == total_nnz + decoder
+    # row-split packings: every group of a block has a nonzero there, so the executed cells are the packings' own
+    assert cells == sum(p.packed_cells for p in packings.values()) + decoder
     assert util == pytest.approx(nnz / cells)
 
 

@@ -14,7 +14,9 @@ from ccflow.config import ModelConfig, load_config
 from ccflow.corpus import CorpusError, data_root, load_corpus
 from ccflow.evaluate import batchify, evaluate, evaluate_checkpoint
 from ccflow.model import LSTMLanguageModel
+from ccflow.cli import main
 from ccflow.prune import final_mask_epoch, nonzero_weights
+from ccflow.quantize import FloatModel, quantize
 from ccflow.train import draw_seq_len, regularized_loss, run_training
 
 
@@ -98,7 +100,7 @@ def test_ar_tar_weight_decay_and_sgd_change_training(text_corpus, tmp_path):
         assert not torch.equal(base, final(f"v{i}", *over)), over
 
 
-def test_log_schedule_and_best_checkpoint(text_corpus, tmp_path):
+def test_log_schedule_and_best_checkpoint(text_corpus, tmp_path, capsys):
     cfg = _cfg(text_corpus, "train.epochs=4", "prune.sparsity=0.6", "prune.start_epoch=1", "prune.ramp_epochs=2",
                "combine.epochs=[3]", "combine.gamma=0.5")
     out = tmp_path / "run"
@@ -113,13 +115,14 @@ def test_log_schedule_and_best_checkpoint(text_corpus, tmp_path):
     assert all(r["valid_bpc"] == "" for r in batches) and all(float(r["valid_bpc"]) > 0 for r in epochs)
     nnz = [int(r["nonzero_weights"]) for r in rows]
     assert nnz == sorted(nnz, reverse=True), "nonzero weights never grow back"
-    dense = int(epochs[0]["packed_cells"])
-    assert [round(1 - int(r["nonzero_weights"]) / dense, 2) for r in epochs[:2]] == [0.3, 0.6]
-    assert int(epochs[2]["packed_cells"]) < dense and int(epochs[1]["packed_cells"]) == dense
+    assert [round(float(r["sparsity"]), 2) for r in epochs[:2]] == [0.3, 0.6], "the LSTM matrices' pruning target"
+    assert int(epochs[2]["packed_cells"]) < int(epochs[1]["packed_cells"]), "combining at epoch 3 packs tighter"
 
     full = load_model(out / "checkpoint.pt")
-    assert nonzero_weights(full.model) == int(epochs[-1]["nonzero_weights"])
-    assert sum(p.packed_cells for p in full.packings.values()) == int(epochs[-1]["packed_cells"])
+    # One definition of packed cells: the log's last figures are exactly what `ccflow rtl` lays out
+    design = quantize(FloatModel.from_torch(full.model), cfg.array, full.packings)
+    assert design.packed_cells == int(epochs[-1]["packed_cells"]) and design.nnz == int(epochs[-1]["nonzero_weights"])
+    assert nonzero_weights(full.model) + full.model.encoder.weight.numel() == design.nnz
     assert float(epochs[-1]["utilization"]) == pytest.approx(
         int(epochs[-1]["nonzero_weights"]) / int(epochs[-1]["packed_cells"]), abs=1e-6)
     best = load_model(out / "model.pt")
@@ -128,8 +131,70 @@ def test_log_schedule_and_best_checkpoint(text_corpus, tmp_path):
     assert best.epoch == min(eligible, key=eligible.get)
     assert best.valid_bpc == pytest.approx(eligible[best.epoch], abs=1e-6)
     assert best.packings is not None and not best.model.training
+    # `ccflow combine` reports the same count as the design `ccflow rtl` would lay out
+    capsys.readouterr()
+    assert main(["combine", str(out / "model.pt")]) == 0
+    total = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = quantize(FloatModel.from_torch(best.model), cfg.array, best.packings).packed_cells
+    assert total.startswith(f"   total: {cells:,} packed cells"), total
     # the valid BPC in the log is what evaluate_checkpoint measures for those weights
     assert evaluate_checkpoint(out / "model.pt", "valid") == pytest.approx(best.valid_bpc, abs=1e-9)
+
+
+def test_distillation_pulls_the_student_toward_the_teacher(text_corpus, tmp_path):
+    teacher_pt = run_training(_cfg(text_corpus, "train.epochs=3", "prune.sparsity=0", "combine.epochs=[]"),
+                              tmp_path / "teacher")
+    base = ("prune.sparsity=0", "combine.epochs=[]", "train.seed=7", "model.nhid=32")
+    plain = run_training(_cfg(text_corpus, *base), tmp_path / "plain")
+    taught = run_training(_cfg(text_corpus, *base, f'train.distill="{teacher_pt}"', "train.distill_weight=1.0",
+                               "train.distill_temp=2.0"), tmp_path / "taught")
+    teacher = load_model(teacher_pt).model
+    valid = load_corpus(text_corpus).valid[:2000]
+
+    def kl_to_teacher(path):
+        student = load_model(path).model
+        x = batchify(valid, 4, "cpu")[:-1]
+        with torch.no_grad():
+            p, _, _ = teacher(x, teacher.init_hidden(4))
+            q, _, _ = student(x, student.init_hidden(4))
+        return float(torch.nn.functional.kl_div(q.log_softmax(-1), p.log_softmax(-1), log_target=True,
+                                                reduction="batchmean"))
+
+    assert kl_to_teacher(taught) < kl_to_teacher(plain)
+
+
+def test_a_teacher_of_another_corpus_is_refused_in_one_line(text_corpus, tmp_path, capsys):
+    other = tmp_path / "other.txt"
+    other.write_text("abc " * 3000)
+    teacher = run_training(_cfg(str(other), "prune.sparsity=0", "combine.epochs=[]"), tmp_path / "teacher")
+    assert main(["train", "--config", "tiny", "--out", str(tmp_path / "s"), "--set", f'data.corpus="{text_corpus}"',
+                 "--set", f'train.distill="{teacher}"', "--set", "train.max_batches=2", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ccflow train: error: train.distill (the teacher): ") and "vocab" in err[-1]
+    assert not (tmp_path / "s" / "checkpoint.pt").exists()
+
+
+def test_combine_aware_pruning_shrinks_what_the_combine_then_cuts(text_corpus, tmp_path, monkeypatch):
+    import ccflow.prune as prune_mod
+
+    real, cut = prune_mod.combine_model, {}
+
+    def spy(model, cfg):  # |w| of the weights the hard combine removes
+        before = [(l.weight_ih.detach().clone(), l.mask_ih.clone(), l.weight_hh.detach().clone(), l.mask_hh.clone())
+                  for l in model.layers]
+        packings = real(model, cfg)
+        cut[cfg.combine.soft_epochs] = sum(
+            float(w_ih[m_ih & ~l.mask_ih].abs().sum() + w_hh[m_hh & ~l.mask_hh].abs().sum())
+            for (w_ih, m_ih, w_hh, m_hh), l in zip(before, model.layers))
+        return packings
+
+    monkeypatch.setattr(prune_mod, "combine_model", spy)
+    for soft in (0, 2):
+        run_training(_cfg(text_corpus, "train.epochs=3", "prune.sparsity=0.5", "prune.start_epoch=1",
+                          "prune.ramp_epochs=1", "combine.epochs=[3]", "combine.gamma=0.5", f"combine.soft_epochs={soft}",
+                          "combine.soft_decay=0.2"), tmp_path / f"soft{soft}")
+    # 12 steps at 0.8 leave about 7% of the magnitude; training pulls some back
+    assert 0 < cut[2] < 0.25 * cut[0]
 
 
 def test_evaluate_carries_the_hidden_state_across_chunks():

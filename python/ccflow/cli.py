@@ -113,24 +113,25 @@ def cmd_prepare_enwik8(args) -> None:
 
 
 def cmd_combine(args) -> None:
-    from .arrayconfig import ConfigError
     from .checkpoint import load_model
-    from .combine import _check_params, combine_columns, lstm_matrix
-    from .design import column_banks
+    from .pack import FloatModel, PackError, pack_model, row_block
 
-    row_block = args.row_block or None
-    try:  # combine's own checks, named as the options that feed them
-        _check_params(args.alpha, args.gamma, row_block)
-    except ValueError as e:
-        msg = str(e).replace("alpha=", "--alpha ").replace("gamma=", "--gamma ").replace("row_block=", "--row-block ")
-        raise ConfigError(msg.replace("must be None (no row split) or", "must be 0 (no row split) or")) from None
     trained = load_model(args.checkpoint)
-    for k, layer in enumerate(trained.model.layers):
-        w_ih, w_hh = (w.detach().cpu().numpy() for w in layer.effective_weights())
-        banks = column_banks(w_ih.shape[1], w_ih.shape[1] + w_hh.shape[1], args.alpha)  # the hardware's bank rule
-        p = combine_columns(lstm_matrix(w_ih, w_hh), args.alpha, args.gamma, row_block, banks=banks)
-        print(f"layer {k}: {p.shape[0]} x {p.shape[1]} -> {p.groups_total} groups, {p.packed_cells:,} packed cells, "
-              f"utilization {p.utilization:.1%}, kept {p.nnz:,} of {int((lstm_matrix(w_ih, w_hh) != 0).sum()):,}")
+    cfg = trained.config.replace(args.set or [])
+    model, packings = FloatModel.from_torch(trained.model), trained.packings
+    if args.recombine:  # the final weights combined again with cfg's [combine] and array.alpha, no retraining
+        before = pack_model(model, cfg.array, None).nnz
+        model, packings = model.combined(cfg.array.alpha, cfg.combine.gamma, row_block(cfg))
+        print(f"combined again: alpha {cfg.array.alpha}, gamma {cfg.combine.gamma:g}, "
+              f"{'row blocks of ' + str(cfg.array.rows) if cfg.combine.row_split else 'whole matrices'}; "
+              f"combine-pruning drops {before - pack_model(model, cfg.array, None).nnz:,} weights (not retrained)")
+    try:
+        packed = pack_model(model, cfg.array, packings)
+    except PackError as e:
+        raise PackError(f"{args.checkpoint}: {e}") from None
+    print(f"{cfg.array.rows} x {cfg.array.cols} MX cells, alpha {cfg.array.alpha}; packed cells = cells the array "
+          "executes per token (decoder included, the same count as `ccflow rtl`)")
+    print("\n".join(packed.lines()))
 
 
 def cmd_fpga(args) -> None:
@@ -217,11 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--rtl", required=True)
     m.set_defaults(func=cmd_summary)
 
-    c = sub.add_parser("combine", help="column-combine a checkpoint's LSTM matrices and print the packing")
+    c = sub.add_parser("combine", help="the packing of a checkpoint as the array executes it: packed cells per "
+                       "matrix, the same counts as ccflow rtl")
     c.add_argument("checkpoint")
-    c.add_argument("--alpha", type=int, default=8, help="columns per group (MX cell inputs), >= 1")
-    c.add_argument("--gamma", type=float, default=0.0, help="conflicts per row allowed in a group, >= 0")
-    c.add_argument("--row-block", type=int, default=0, help="combine separately per block of N rows (0: no split)")
+    c.add_argument("--recombine", action="store_true", help="combine the final weights again with the config's "
+                   "[combine] gamma/row_split and array.alpha (after --set), without retraining")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override e.g. combine.gamma=0.5, combine.row_split=false, array.rows=16")
     c.set_defaults(func=cmd_combine)
 
     fp = sub.add_parser("fpga", help="ECP5 LFE5U-85F synthesis + place and route (yosys, nextpnr): resources, "

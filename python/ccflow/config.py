@@ -68,6 +68,9 @@ class TrainConfig:
     seed: int = 1111
     log_interval: int = 100
     max_batches: int = 0  # >0 caps batches per epoch (quick runs, tests)
+    distill: str = ""  # a teacher's model.pt: knowledge distillation (Hinton et al. 2015); "" = none
+    distill_weight: float = 0.5  # loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student) at T
+    distill_temp: float = 1.0  # T: softens both distributions
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "test_batch_size", "log_interval"):
@@ -78,21 +81,37 @@ class TrainConfig:
         for name in ("clip", "wdecay", "ar", "tar", "max_batches"):
             _check(getattr(self, name) >= 0, f"train.{name}={getattr(self, name)} must be >= 0")
         _check(all(e >= 1 for e in self.when), f"train.when={list(self.when)} must list epochs >= 1")
+        _check(0.0 <= self.distill_weight <= 1.0, f"train.distill_weight={self.distill_weight} must be in [0, 1]")
+        _check(self.distill_temp > 0, f"train.distill_temp={self.distill_temp} must be > 0")
         _check(0 <= self.seed < 2**32, f"train.seed={self.seed} must be in 0..2**32-1 (numpy's seed range)")
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Magnitude pruning toward ``sparsity`` on a linear ramp over epochs."""
+    """Pruning toward ``sparsity`` in steps at epoch ends over a ramp (docs/training.md)."""
 
     sparsity: float = 0.0  # fraction of each LSTM matrix pruned at the end of the ramp
     start_epoch: int = 1  # first epoch after which pruning applies (1 = after the first epoch)
     ramp_epochs: int = 1  # epochs to reach the target
+    schedule: str = "linear"  # "linear" or "cubic" (Zhu and Gupta 2017: s * (1 - (1 - x)^3), fast early)
+    steps: int = 0  # pruning steps spread evenly over the ramp; 0 = one at the end of every ramp epoch
+    method: str = "magnitude"  # "magnitude" (whole matrix) or "bank_balanced" (Cao et al. FPGA'19)
+    bank_size: int = 32  # bank_balanced: columns per bank; every bank of every row keeps the same share
+    alpha_scaled: bool = False  # prune to sparsity * (1 - 1/array.alpha) (the column-combining paper's recipe)
+    l1: float = 0.0  # L1 penalty on the LSTM weights until the masks are final (the paper's recipe)
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.sparsity < 1.0, f"prune.sparsity={self.sparsity} must be in [0, 1)")
         _check(self.start_epoch >= 1, f"prune.start_epoch={self.start_epoch} must be >= 1")
         _check(self.ramp_epochs >= 1, f"prune.ramp_epochs={self.ramp_epochs} must be >= 1")
+        _check(self.schedule in ("linear", "cubic"), f"prune.schedule={self.schedule!r} must be 'linear' or 'cubic'")
+        _check(0 <= self.steps <= self.ramp_epochs,
+               f"prune.steps={self.steps} must be in 0..prune.ramp_epochs={self.ramp_epochs} (one step per epoch "
+               "end at most; 0 = every ramp epoch)")
+        _check(self.method in ("magnitude", "bank_balanced"),
+               f"prune.method={self.method!r} must be 'magnitude' or 'bank_balanced'")
+        _check(self.bank_size >= 1, f"prune.bank_size={self.bank_size} must be >= 1")
+        _check(self.l1 >= 0, f"prune.l1={self.l1} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -103,9 +122,16 @@ class CombineConfig:
     gamma: float = 0.0  # conflicts per row allowed in a group (0 = conflict-free CC)
     row_split: bool = True  # combine separately in each block of array.rows rows
     allow_first_epoch: bool = False  # early training drops BPC fastest; combining after epoch 1 is opt-in
+    # Combine-aware pruning: soft_epochs before each combine, a trial combine marks the weights that will
+    # lose their row in their group, and every optimizer step until the combine scales them by
+    # (1 - soft_decay), so the network learns to do without them before they are cut. 0 = off.
+    soft_epochs: int = 0
+    soft_decay: float = 0.05
 
     def __post_init__(self) -> None:
         _check(self.gamma >= 0, f"combine.gamma={self.gamma} must be >= 0")
+        _check(self.soft_epochs >= 0, f"combine.soft_epochs={self.soft_epochs} must be >= 0")
+        _check(0.0 < self.soft_decay <= 1.0, f"combine.soft_decay={self.soft_decay} must be in (0, 1]")
         _check(all(e >= 1 for e in self.epochs), f"combine.epochs={self.epochs} must all be >= 1")
         _check(1 not in self.epochs or self.allow_first_epoch,
                f"combine.epochs={list(self.epochs)} combines after epoch 1, while BPC still drops fastest; "

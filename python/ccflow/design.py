@@ -60,7 +60,7 @@ class MatrixInfo:
     n_blocks: int
     dense_cells: int  # rows x in_size, the cells a dense array would spend
     packed_cells: int  # sum over blocks of rows x groups actually packed (padding excluded)
-    nnz: int  # nonzero int weights
+    nnz: int  # nonzero weights of the float matrix the packing lays out (ccflow.pack)
 
     def column_addresses(self) -> np.ndarray:
         return column_addresses(self.in_base, self.in_x, self.in_size, self.out_base)

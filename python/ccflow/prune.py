@@ -25,15 +25,39 @@ from .model import MaskedLSTM, lstm_layers
 # --- schedule ----------------------------------------------------------------
 
 
-def target_sparsity(cfg: PruneConfig, epoch: int) -> float:
-    """Sparsity to reach at the end of ``epoch`` (1-based).
+def step_epochs(cfg: PruneConfig) -> list[int]:
+    """The epochs whose end prunes: ``steps`` of them spread evenly over the ramp, the last at its end.
 
-    Linear ramp: ``sparsity / ramp_epochs`` after epoch ``start_epoch``, the
-    full target after epoch ``start_epoch + ramp_epochs - 1`` and later.
+    ``steps=0`` (the default) prunes at the end of every ramp epoch.
     """
-    if cfg.sparsity <= 0 or epoch < cfg.start_epoch:
+    if cfg.sparsity <= 0:
+        return []
+    n = cfg.steps or cfg.ramp_epochs
+    return [cfg.start_epoch - 1 + -(-k * cfg.ramp_epochs // n) for k in range(1, n + 1)]
+
+
+def target_sparsity(cfg: PruneConfig, epoch: int) -> float:
+    """Sparsity to reach at the end of ``epoch`` (1-based): the ramp's value after the steps so far.
+
+    After step k of n, x = k / n of the ramp is done; linear gives ``sparsity * x``,
+    cubic ``sparsity * (1 - (1 - x)**3)`` (Zhu and Gupta 2017: prune hard while the
+    network still has many redundant weights, gently near the end). The full target
+    holds from the last step on.
+    """
+    steps = step_epochs(cfg)
+    done = sum(e <= epoch for e in steps)
+    if not done:
         return 0.0
-    return cfg.sparsity * min(1.0, (epoch - cfg.start_epoch + 1) / cfg.ramp_epochs)
+    x = done / len(steps)
+    return cfg.sparsity * (x if cfg.schedule == "linear" else 1.0 - (1.0 - x) ** 3)
+
+
+def layer_sparsity(cfg: Config, epoch: int) -> float:
+    """What every LSTM matrix is pruned to at the end of ``epoch``: the ramp's target, scaled by
+    ``1 - 1/alpha`` with ``prune.alpha_scaled`` (the column-combining paper leaves combine-pruning
+    the rest)."""
+    s = target_sparsity(cfg.prune, epoch)
+    return s * (1.0 - 1.0 / cfg.array.alpha) if cfg.prune.alpha_scaled else s
 
 
 def final_mask_epoch(cfg: Config) -> int:
@@ -42,10 +66,7 @@ def final_mask_epoch(cfg: Config) -> int:
     Only models evaluated after this epoch have the masks the hardware will
     get, so only they compete for the best checkpoint.
     """
-    last = max(cfg.combine.epochs, default=0)
-    if cfg.prune.sparsity > 0:
-        last = max(last, cfg.prune.start_epoch + cfg.prune.ramp_epochs - 1)
-    return last
+    return max([*cfg.combine.epochs, *step_epochs(cfg.prune)], default=0)
 
 
 # --- masks -------------------------------------------------------------------
@@ -70,12 +91,35 @@ def magnitude_mask(weight: torch.Tensor, mask: torch.Tensor, sparsity: float) ->
     return torch.from_numpy(new.reshape(mask.shape)).to(mask.device) & mask
 
 
+def bank_balanced_mask(weight: torch.Tensor, mask: torch.Tensor, sparsity: float, bank_size: int) -> torch.Tensor:
+    """``mask`` shrunk so that in every row, every bank of ``bank_size`` consecutive columns keeps the
+    same share ``1 - sparsity`` of its entries, the largest |weight| still on (bank-balanced sparsity,
+    Cao et al., FPGA'19: one PE per bank finishes a row in the same number of steps). The last bank
+    of a row may be shorter and keeps its own share. Never grows the mask; ties keep the lower column.
+    """
+    rows, cols = mask.shape
+    nb = -(-cols // bank_size)
+    pad = nb * bank_size - cols
+    mag = (weight.detach().abs() * mask).to("cpu", torch.float64).numpy()
+    mag[~mask.cpu().numpy()] = -1.0  # already pruned: below every live weight
+    mag = np.pad(mag, ((0, 0), (0, pad)), constant_values=-2.0).reshape(rows, nb, bank_size)
+    lengths = np.full(nb, bank_size)
+    lengths[-1] -= pad
+    keep = lengths - np.rint(sparsity * lengths).astype(np.int64)
+    order = np.argsort(-mag, axis=2, kind="stable")  # descending; ties by position
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(bank_size), order.shape), axis=2)
+    new = (rank < keep[None, :, None]).reshape(rows, nb * bank_size)[:, :cols]
+    return torch.from_numpy(np.ascontiguousarray(new)).to(mask.device) & mask
+
+
 @torch.no_grad()
-def prune_layer(layer: MaskedLSTM, sparsity: float) -> None:
-    """Magnitude-prune the layer's [W_ih | W_hh] as one matrix toward ``sparsity``."""
+def prune_layer(layer: MaskedLSTM, sparsity: float, method: str = "magnitude", bank_size: int = 32) -> None:
+    """Prune the layer's [W_ih | W_hh] as one matrix toward ``sparsity``: by magnitude over the whole
+    matrix, or bank-balanced (:func:`bank_balanced_mask`)."""
     w = torch.cat([layer.weight_ih, layer.weight_hh], dim=1)
     m = torch.cat([layer.mask_ih, layer.mask_hh], dim=1)
-    new = magnitude_mask(w, m, sparsity)
+    new = magnitude_mask(w, m, sparsity) if method == "magnitude" else bank_balanced_mask(w, m, sparsity, bank_size)
     layer.mask_ih.copy_(new[:, : layer.input_size])
     layer.mask_hh.copy_(new[:, layer.input_size:])
 
@@ -96,6 +140,11 @@ def mask_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Modul
             for v in optimizer.state.get(p, {}).values():
                 if torch.is_tensor(v) and v.shape == p.shape:
                     v.mul_(m)
+
+
+def l1_penalty(model: torch.nn.Module) -> torch.Tensor:
+    """Sum of |w| over the LSTM matrices (masked weights are zero and add nothing)."""
+    return sum(l.weight_ih.abs().sum() + l.weight_hh.abs().sum() for l in lstm_layers(model))
 
 
 def nonzero_weights(model: torch.nn.Module) -> int:
@@ -125,21 +174,18 @@ def layer_matrix(layer: MaskedLSTM) -> np.ndarray:
 
 @torch.no_grad()
 def combine_model(model: torch.nn.Module, cfg: Config) -> dict:
-    """Column-combine every LSTM layer and AND the combine-pruning masks into the layer masks.
+    """Column-combine every LSTM layer (``ccflow.pack``) and AND the combine-pruning masks into the layer masks.
 
     Returns ``{layer index: Packing}``. Callers must then zero the pruned
     weights (:func:`enforce_masks`) and their optimizer state.
     """
-    from .combine import combine_columns, lstm_unmatrix
-    from .design import column_banks
+    from .combine import lstm_unmatrix
+    from .pack import combine_matrix, row_block
 
-    row_block = cfg.array.rows if cfg.combine.row_split else None
     packings = {}
     for l, layer in enumerate(lstm_layers(model)):
-        # The bank rule of the hardware (design.column_banks): no two columns of a group in one act bank.
-        banks = column_banks(layer.input_size, layer.input_size + layer.hidden_size, cfg.array.alpha)
-        packing = combine_columns(layer_matrix(layer), cfg.array.alpha, gamma=cfg.combine.gamma, row_block=row_block,
-                                  banks=banks)
+        packing = combine_matrix(layer_matrix(layer), layer.input_size, cfg.array.alpha, cfg.combine.gamma,
+                                 row_block(cfg))
         keep_ih, keep_hh = lstm_unmatrix(np.asarray(packing.mask, dtype=bool), layer.input_size)
         layer.mask_ih &= torch.from_numpy(np.ascontiguousarray(keep_ih)).to(layer.mask_ih.device)
         layer.mask_hh &= torch.from_numpy(np.ascontiguousarray(keep_hh)).to(layer.mask_hh.device)
@@ -147,16 +193,47 @@ def combine_model(model: torch.nn.Module, cfg: Config) -> dict:
     return packings
 
 
+@torch.no_grad()
+def doomed_weights(model: torch.nn.Module, cfg: Config) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per LSTM layer, (ih, hh) masks of the live weights a combine now would cut: a trial
+    combine (the same :func:`combine_model` decision) whose masks are returned, not applied."""
+    from .combine import lstm_unmatrix
+    from .pack import combine_matrix, row_block
+
+    out = []
+    for layer in lstm_layers(model):
+        packing = combine_matrix(layer_matrix(layer), layer.input_size, cfg.array.alpha, cfg.combine.gamma,
+                                 row_block(cfg))
+        keep_ih, keep_hh = lstm_unmatrix(np.asarray(packing.mask, dtype=bool), layer.input_size)
+        out.append((layer.mask_ih & ~torch.from_numpy(np.ascontiguousarray(keep_ih)).to(layer.mask_ih.device),
+                    layer.mask_hh & ~torch.from_numpy(np.ascontiguousarray(keep_hh)).to(layer.mask_hh.device)))
+    return out
+
+
+@torch.no_grad()
+def shrink_doomed(model: torch.nn.Module, doomed: list[tuple[torch.Tensor, torch.Tensor]], decay: float) -> None:
+    """Scale the weights :func:`doomed_weights` marked by ``1 - decay`` (after an optimizer step)."""
+    for layer, (ih, hh) in zip(lstm_layers(model), doomed):
+        layer.weight_ih[ih] *= 1.0 - decay
+        layer.weight_hh[hh] *= 1.0 - decay
+
+
+def soft_phase_starts(cfg: Config, epoch: int) -> bool:
+    """Whether the end of ``epoch`` starts the soft phase of a combine (``combine.soft_epochs``)."""
+    k = cfg.combine.soft_epochs
+    return k > 0 and any(e - k == epoch for e in cfg.combine.epochs)
+
+
 def apply_schedule(model: torch.nn.Module, cfg: Config, epoch: int, packings: dict | None) -> tuple[dict | None, bool]:
     """End-of-epoch mask updates: prune toward the ramp's target, then combine if scheduled.
 
     Returns the latest packings (unchanged when not combined) and whether the masks may have changed.
     """
-    s = target_sparsity(cfg.prune, epoch)
+    s = layer_sparsity(cfg, epoch)
     changed = False
-    if s > target_sparsity(cfg.prune, epoch - 1):
+    if s > layer_sparsity(cfg, epoch - 1):
         for layer in lstm_layers(model):
-            prune_layer(layer, s)
+            prune_layer(layer, s, cfg.prune.method, cfg.prune.bank_size)
         changed = True
     if epoch in cfg.combine.epochs:
         packings = combine_model(model, cfg)
@@ -166,16 +243,10 @@ def apply_schedule(model: torch.nn.Module, cfg: Config, epoch: int, packings: di
     return packings, changed
 
 
-def packing_stats(model: torch.nn.Module, packings: dict | None) -> tuple[int, int, float]:
-    """(nonzero weights, packed cells, utilization) over the LSTM matrices.
+def packing_stats(model: torch.nn.Module, packings: dict | None, array) -> tuple[int, int, float]:
+    """(nonzero weights, packed cells, utilization) as the packing stage counts them (``ccflow.pack``):
+    every matrix the array executes, decoder included, layers never combined packed conflict-free."""
+    from .pack import FloatModel, pack_model
 
-    Layers never combined count as dense cells. After a combine the groups
-    stay valid as masks shrink further, so cells come from the latest packing
-    and utilization uses today's exact nonzero count.
-    """
-    nnz = nonzero_weights(model)
-    cells = 0
-    for l, layer in enumerate(lstm_layers(model)):
-        p = (packings or {}).get(l)
-        cells += int(p.packed_cells) if p is not None else layer.weight_ih.numel() + layer.weight_hh.numel()
-    return nnz, cells, nnz / max(cells, 1)
+    packed = pack_model(FloatModel.from_torch(model), array, packings)
+    return packed.nnz, packed.packed_cells, packed.utilization

@@ -13,13 +13,11 @@ sections cost the hardware almost nothing.
 format and its biases fit a quarter of the accumulator (headroom for the sum),
 clamped so the shift stays in ``0..max_shift``.
 
-The packing comes from training (the last combine step) when there is one:
-its groups were retrained with their combine-pruned masks, so it is lossless
-now. Without one, conflict-free combining (gamma 0) packs the final weights,
-which is lossless by construction. The decoder is packed the same way. Every
-packing obeys the hardware's bank rule (no two columns of a group in one act
-bank, ``design.column_banks``): training and the fallback combine with it, and a
-packing made without it (an older checkpoint) is split losslessly (``split_banks``).
+The packing of every matrix, decoder included, and so the groups each row
+block executes, come from the packing stage (:func:`ccflow.pack.pack_model`):
+training's packing where there is one, the lossless conflict-free one
+otherwise. The quantizer lays out exactly those groups, so the design's packed
+cells are the packing stage's.
 """
 
 from __future__ import annotations
@@ -30,70 +28,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arrayconfig import ArrayConfig
-from .combine import Packing, check_packing, combine_columns, lstm_matrix, lstm_unmatrix, split_banks
-from .design import Design, MatrixInfo, act_layout, column_addresses, column_banks
+from .combine import Packing
+from .design import Design, MatrixInfo, act_layout, column_addresses
 from .fixedpoint import SaturationCounter
+from .pack import FloatLSTM, FloatModel, MatrixPacking, PackError, pack_model
+
+__all__ = ["FloatLSTM", "FloatModel", "QuantizeError", "quantize", "activation_luts", "section_exponent"]
 
 
-class QuantizeError(ValueError):
+class QuantizeError(PackError):
     """A model or packing the array cannot hold; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class FloatLSTM:
-    w_ih: np.ndarray  # [4H, I], PyTorch gate order i, f, g, o, masks already applied
-    w_hh: np.ndarray  # [4H, H]
-    bias: np.ndarray  # [4H] = b_ih + b_hh
-
-    @property
-    def hidden(self) -> int:
-        return self.w_hh.shape[1]
-
-
-@dataclass(frozen=True)
-class FloatModel:
-    """What the quantizer needs of a trained model, as float64 numpy arrays."""
-
-    layers: tuple[FloatLSTM, ...]
-    embedding: np.ndarray  # [V, E]; the decoder weight is tied to it
-    decoder_bias: np.ndarray  # [V]
-
-    @classmethod
-    def from_torch(cls, model) -> "FloatModel":
-        """From a ``ccflow.model.LSTMLanguageModel`` (masked weights, no dropout)."""
-
-        def np64(t):
-            return t.detach().cpu().double().numpy()
-
-        layers = []
-        for layer in model.layers:
-            w_ih, w_hh = layer.effective_weights()
-            layers.append(FloatLSTM(np64(w_ih), np64(w_hh), np64(layer.bias_ih) + np64(layer.bias_hh)))
-        return cls(tuple(layers), np64(model.encoder.weight), np64(model.decoder.bias))
-
-    def combined(self, alpha: int, gamma: float, row_block: int | None) -> tuple["FloatModel", dict[int, Packing]]:
-        """Column-combine every LSTM layer and apply the combine-pruning masks (no retraining)."""
-        packings, layers = {}, []
-        for k, layer in enumerate(self.layers):
-            banks = column_banks(layer.w_ih.shape[1], layer.w_ih.shape[1] + layer.hidden, alpha)
-            p = combine_columns(lstm_matrix(layer.w_ih, layer.w_hh), alpha, gamma, row_block, banks=banks)
-            m_ih, m_hh = lstm_unmatrix(p.mask, layer.w_ih.shape[1])
-            packings[k] = p
-            layers.append(FloatLSTM(layer.w_ih * m_ih, layer.w_hh * m_hh, layer.bias))
-        return FloatModel(tuple(layers), self.embedding, self.decoder_bias), packings
-
-    @classmethod
-    def random(cls, seed: int = 0, vocab: int = 13, emsize: int = 8, hidden: tuple[int, ...] = (12, 12),
-               sparsity: float = 0.6, scale: float = 0.4) -> "FloatModel":
-        """An untrained model of the right shape: for exercising the hardware without training."""
-        rng = np.random.default_rng(seed)
-        sizes = [emsize, *hidden, emsize]
-        layers = []
-        for i, h in zip(sizes[:-1], sizes[1:]):
-            w = rng.normal(0, scale, (4 * h, i + h))
-            w[rng.random(w.shape) < sparsity] = 0.0
-            layers.append(FloatLSTM(w[:, :i], w[:, i:], rng.normal(0, 0.2, 4 * h)))
-        return cls(tuple(layers), rng.normal(0, 0.5, (vocab, emsize)), rng.normal(0, 0.1, vocab))
 
 
 def quantize(model: FloatModel, array: ArrayConfig,
@@ -108,21 +52,22 @@ def quantize(model: FloatModel, array: ArrayConfig,
     layout = act_layout(emsize, hidden, array.alpha, array.rows // 4)
     base, cell_base = layout["act_base"], layout["cell_base"]
 
-    builder = _TileBuilder(array)
-    matrices = []
     for l, layer in enumerate(model.layers):
         if layer.w_ih.shape[0] != 4 * layer.hidden:
             raise QuantizeError(f"layer {l}: weight_ih has {layer.w_ih.shape[0]} rows, expected 4*{layer.hidden}")
-        matrix = lstm_matrix(layer.w_ih, layer.w_hh)
+    try:
+        packed = pack_model(model, array, packings)
+    except PackError as e:
+        raise QuantizeError(str(e)) from None
+    builder = _TileBuilder(array)
+    matrices = []
+    for l, (layer, mp) in enumerate(zip(model.layers, packed.matrices)):
         bias = layer.bias.reshape(4, layer.hidden).T.reshape(-1)  # interleaved like the rows
-        packing = (packings or {}).get(l)
-        gate = np.arange(matrix.shape[0]) % 4
-        matrices.append(builder.add(
-            f"lstm{l}", "lstm", matrix, bias, packing, gate, fmt.act_frac, sat, in_base=base[l],
-            in_x=layer.w_ih.shape[1], hidden=layer.hidden, out_base=base[l + 1], cell_base=cell_base[l]))
-    matrices.append(builder.add(
-        "decoder", "decoder", model.embedding, model.decoder_bias, None, np.zeros(vocab, dtype=int),
-        fmt.logit_frac, sat, in_base=base[len(hidden)], in_x=emsize, hidden=0, out_base=-1, cell_base=-1))
+        gate = np.arange(mp.matrix.shape[0]) % 4
+        matrices.append(builder.add(mp, bias, gate, fmt.act_frac, sat, in_base=base[l], hidden=layer.hidden,
+                                    out_base=base[l + 1], cell_base=cell_base[l]))
+    matrices.append(builder.add(packed.matrices[-1], model.decoder_bias, np.zeros(vocab, dtype=int),
+                                fmt.logit_frac, sat, in_base=base[len(hidden)], hidden=0, out_base=-1, cell_base=-1))
 
     act_lo, act_hi = -(1 << (fmt.act_bits - 1)), (1 << (fmt.act_bits - 1)) - 1
     emb = np.rint(model.embedding * 2.0 ** fmt.act_frac).astype(np.int64)
@@ -170,24 +115,17 @@ class _TileBuilder:
         self.bias: list[np.ndarray] = []
         self.shift: list[np.ndarray] = []
 
-    def add(self, name, kind, matrix, bias, packing, section, out_frac, sat, *,
-            in_base, in_x, hidden, out_base, cell_base) -> MatrixInfo:
+    def add(self, mp: MatrixPacking, bias, section, out_frac, sat, *,
+            in_base, hidden, out_base, cell_base) -> MatrixInfo:
         arr, fmt = self.array, self.array.formats
+        matrix, name = mp.matrix, mp.name
         R, C = matrix.shape
-        info = dict(name=name, kind=kind, rows=R, in_base=in_base, in_size=C, in_x=in_x, hidden=hidden,
+        info = dict(name=name, kind=mp.kind, rows=R, in_base=in_base, in_size=C, in_x=mp.in_x, hidden=hidden,
                     out_base=out_base, cell_base=cell_base)
-        addresses = column_addresses(in_base, in_x, C, out_base)
-        banks = column_banks(in_x, C, arr.alpha)
-        if packing is None:
-            packing = combine_columns(matrix, arr.alpha, 0.0, row_block=arr.rows, banks=banks)
-        _check_packing(name, matrix, packing, arr)
-        # A packing made without the bank rule (an older checkpoint) is split where two columns of a
-        # group share a bank: lossless, at the cost of a few more groups.
-        packing = split_banks(packing, banks)
+        addresses = column_addresses(in_base, mp.in_x, C, out_base)
         tile_start, block_start = len(self.tiles), len(self.bias)
-        packed_cells = nnz = 0
         blocks = []  # per row block: its array columns
-        for r0 in range(0, R, arr.rows):
+        for r0, groups in zip(range(0, R, arr.rows), mp.blocks):
             r1 = min(R, r0 + arr.rows)
             rows = slice(r0, r1)
             # Per-section exponents and the per-row shift/bias of this block.
@@ -204,17 +142,14 @@ class _TileBuilder:
             bq = sat.saturate(bq, fmt.acc_bits, f"{name} bias")
             self.bias.append(bq)
             self.shift.append(e_row + fmt.act_frac - out_frac)
-            groups = [g for g in _block_groups(packing, r0) if np.any(wq[:, list(g)])]
-            packed_cells += (r1 - r0) * len(groups)
-            nnz += int(np.count_nonzero(wq))
             # A block without groups still needs one (empty) column: its bias makes its result.
             blocks.append([self._column(wq, g, addresses) for g in groups] or [self._column(wq, (), addresses)])
         for tile in _deal(blocks, arr.cols, block_start):
             self.tiles.append(tile.padded(self._column(None, (), addresses), arr.cols))
         return MatrixInfo(
             **info, tile_start=tile_start, n_tiles=len(self.tiles) - tile_start,
-            block_start=block_start, n_blocks=len(self.bias) - block_start, dense_cells=R * C,
-            packed_cells=packed_cells, nnz=nnz)
+            block_start=block_start, n_blocks=len(self.bias) - block_start, dense_cells=mp.dense_cells,
+            packed_cells=mp.packed_cells, nnz=mp.nnz)
 
     def _column(self, wq, group, addresses):
         """One array column: per row the weight and select of the group's one nonzero, and its inputs.
@@ -286,25 +221,3 @@ def _deal(blocks: list[list], cols: int, block_start: int) -> list[_Tile]:
             if tile.last and len(take) < cols:
                 open_tile = tile
     return tiles
-
-
-def _check_packing(name: str, matrix: np.ndarray, packing: Packing, arr: ArrayConfig) -> None:
-    if packing.shape != matrix.shape:
-        raise QuantizeError(f"{name}: packing is for a {packing.shape} matrix, the weights are {matrix.shape}")
-    if packing.alpha > arr.alpha:
-        raise QuantizeError(f"{name}: packing groups up to {packing.alpha} columns but the MX cell muxes "
-                            f"array.alpha={arr.alpha}; combine again with alpha <= {arr.alpha}")
-    if packing.row_block is not None and packing.row_block % arr.rows:
-        raise QuantizeError(f"{name}: packing row_block={packing.row_block} is not a multiple of the array "
-                            f"height array.rows={arr.rows}; combine with row_block={arr.rows}")
-    try:  # on the weights as trained: a nonzero outside the packing means its masks were not applied
-        check_packing(matrix, packing)
-    except ValueError as e:
-        raise QuantizeError(f"{name}: packing does not fit the weights: {e}") from None
-
-
-def _block_groups(packing: Packing, row: int) -> tuple[tuple[int, ...], ...]:
-    for start, stop, groups in packing.blocks:
-        if start <= row < stop:
-            return groups
-    return ()

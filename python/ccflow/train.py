@@ -41,7 +41,8 @@ from .corpus import load_corpus
 from .evaluate import batchify, evaluate
 from .model import LSTMLanguageModel, detach_hidden, lstm_layers
 from .outdir import check_out_dir
-from .prune import apply_schedule, dense_cells, enforce_masks, final_mask_epoch, mask_optimizer_state, packing_stats
+from .prune import (apply_schedule, dense_cells, doomed_weights, enforce_masks, final_mask_epoch, l1_penalty,
+                    mask_optimizer_state, nonzero_weights, packing_stats, shrink_doomed, soft_phase_starts)
 from .runtime import choose_threads, resolve_device, set_threads
 
 LOG_COLUMNS = ("kind", "epoch", "step", "train_bpc", "valid_bpc", "lr", "ms_per_batch", "chars_per_s",
@@ -99,6 +100,13 @@ class Trainer:
         if self.world > 1 and self.rank == 0:
             dist.barrier()
         self.model = LSTMLanguageModel(self.corpus.ntokens, cfg.model).to(self.device)
+        self.teacher = None
+        if t.distill:  # same symbols in the same order, or its logits mean something else
+            try:
+                self.teacher = ckpt.load_model(t.distill, self.device, vocab=self.corpus.vocab).model
+            except ckpt.CheckpointError as e:
+                raise ConfigError(f"train.distill (the teacher): {e}") from None
+            self.teacher.requires_grad_(False)
         if self.device.type == "cpu":
             set_threads(self.threads, sum(p.numel() for p in self.model.parameters()))
         torch.manual_seed(t.seed + self.rank)  # own dropout draws per rank; weights come from rank 0 anyway
@@ -114,6 +122,7 @@ class Trainer:
         # schedule position and bookkeeping, all saved in checkpoint.pt
         self.epoch, self.step, self.lr = 0, 0, t.lr
         self.best_valid, self.best_epoch, self.packings = math.inf, 0, None
+        self.doomed = None  # combine-aware pruning: weights shrunk until the next combine (prune.doomed_weights)
         self.log_rows, self.pos, self.elapsed = 0, None, 0.0
         if saved:
             self._restore(saved)
@@ -164,6 +173,8 @@ class Trainer:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(tr["optimizer"])
         self.packings = ckpt.packings_from_plain(saved["packings"])
+        if tr.get("doomed") is not None:
+            self.doomed = [(ih.to(self.device), hh.to(self.device)) for ih, hh in tr["doomed"]]
         self.epoch, self.step, self.lr = saved["epoch"], tr["step"], tr["lr"]
         self.best_valid, self.best_epoch = tr["best_valid"], tr["best_epoch"]
         self.log_rows, self.elapsed = tr["log_rows"], tr["elapsed"]
@@ -217,6 +228,10 @@ class Trainer:
             if changed:
                 self._sync_masks()
                 mask_optimizer_state(self.optimizer, self.model)
+            if epoch in cfg.combine.epochs:
+                self.doomed = None  # cut now; a later soft phase marks afresh
+            if soft_phase_starts(cfg, epoch):
+                self.doomed = doomed_weights(self.model, cfg)
             valid_bpc = evaluate(self.model, self.corpus.valid, cfg.train.eval_batch_size, cfg.train.bptt, self.device)
             self.elapsed += time.perf_counter() - t0
             self._log("epoch", epoch, train_bpc, valid_bpc, self.lr, ms, cps)
@@ -252,10 +267,13 @@ class Trainer:
             interval_batches, tick = p["interval_batches"], time.perf_counter() - p["interval_seconds"]
         else:
             i, batch, hidden = 0, 0, model.init_hidden(self.local_batch)
+            if self.teacher is not None:  # the teacher's state runs along, after the student's layers
+                hidden = hidden + self.teacher.init_hidden(self.local_batch)
             # over all ranks: summed loss, tokens, seconds, batches
             epoch_sums = torch.zeros(4, dtype=torch.float64, device=self.device)
             interval = torch.zeros(2, dtype=torch.float64, device=self.device)  # this rank's loss, tokens
             interval_batches, tick = 0, time.perf_counter()
+        l1 = self.cfg.prune.l1 if epoch <= final_mask_epoch(self.cfg) else 0.0  # until the last mask change
         total = (data.size(0) - 2) // t.bptt + 1
         if t.max_batches:
             total = min(total, t.max_batches)
@@ -265,7 +283,9 @@ class Trainer:
             seq_len = draw_seq_len(t.bptt)
             n = min(seq_len, data.size(0) - 1 - i)
             raw_loss, hidden = train_step(net, self.optimizer, params, data[i:i + n], data[i + 1:i + 1 + n], hidden,
-                                          t, self.lr * seq_len / t.bptt)
+                                          t, self.lr * seq_len / t.bptt, l1, self.teacher)
+            if self.doomed is not None:
+                shrink_doomed(model, self.doomed, self.cfg.combine.soft_decay)
             interval[0] += raw_loss.detach().double() * (n * self.local_batch)
             interval[1] += n * self.local_batch
             i += seq_len
@@ -300,14 +320,19 @@ class Trainer:
     # --- helpers ----------------------------------------------------------------
 
     def _stats(self):
-        return packing_stats(self.model, self.packings)
+        """The packing stage's figures, recomputed only when the masks or packings changed (masks only
+        shrink, so their live count is a fingerprint)."""
+        key = (id(self.packings), sum(int(l.mask_ih.sum()) + int(l.mask_hh.sum()) for l in lstm_layers(self.model)))
+        if getattr(self, "_stats_key", None) != key:
+            self._stats_key, self._stats_value = key, packing_stats(self.model, self.packings, self.cfg.array)
+        return self._stats_value
 
     def _log(self, kind, epoch, train_bpc, valid_bpc, lr, ms, cps) -> None:
         if self.rank != 0:
             return
         nnz, cells, util = self._stats()
         row = [kind, epoch, self.step, _fmt(train_bpc), _fmt(valid_bpc), f"{lr:.6g}", f"{ms:.2f}", f"{cps:.1f}",
-               nnz, f"{1 - nnz / dense_cells(self.model):.6f}", cells, f"{util:.6f}", f"{self.elapsed:.2f}"]
+               nnz, f"{1 - nonzero_weights(self.model) / dense_cells(self.model):.6f}", cells, f"{util:.6f}", f"{self.elapsed:.2f}"]
         with open(self.log_path, "a", newline="") as f:
             csv.writer(f).writerow(row)
         self.log_rows += 1
@@ -352,7 +377,8 @@ class Trainer:
             train = {"optimizer": self.optimizer.state_dict(), "step": self.step, "lr": self.lr,
                      "best_valid": self.best_valid, "best_epoch": self.best_epoch, "log_rows": self.log_rows,
                      "elapsed": self.elapsed, "pos": pos, "rng": get_rng_state(), "ranks": ranks,
-                     "world": self.world}
+                     "world": self.world,
+                     "doomed": None if self.doomed is None else [[ih.cpu(), hh.cpu()] for ih, hh in self.doomed]}
             ckpt.atomic_save(ckpt.make_checkpoint("full", self.cfg, self.corpus.vocab, self.model, self.packings,
                                                   self.epoch, valid_bpc, train), self.ckpt_path)
         if self.world > 1:
@@ -391,24 +417,41 @@ class Trainer:
                                   "continue with --resume")
 
 
-def train_step(net, optimizer, params, x, y, hidden, t, lr: float):
+def train_step(net, optimizer, params, x, y, hidden, t, lr: float, l1: float = 0.0, teacher=None):
     """One optimizer step on chunk x -> targets y; returns (cross-entropy, new hidden).
 
     The masks hold after it: the forward pass used weight * mask and the raw
     weights are zeroed at masked positions once the optimizer has moved them.
+    ``l1``: coefficient of an L1 penalty on the LSTM matrices (``prune.l1`` while pruning).
+    ``teacher``: a model to distill from (``train.distill``); its hidden state follows the
+    student's layers in ``hidden``, so it is carried and checkpointed the same way.
     """
+    student = net.module if hasattr(net, "module") else net
     hidden = detach_hidden(hidden)
+    own, theirs = hidden[:len(student.layers)], hidden[len(student.layers):]
     optimizer.zero_grad(set_to_none=True)
-    logits, hidden, extras = net(x, hidden)
-    raw_loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-    regularized_loss(raw_loss, extras, t.ar, t.tar).backward()
+    logits, own, extras = net(x, own)
+    flat = logits.reshape(-1, logits.size(-1))
+    raw_loss = F.cross_entropy(flat, y.reshape(-1))
+    fit = raw_loss
+    if teacher is not None:
+        with torch.no_grad():
+            target, theirs, _ = teacher(x, theirs)
+        temp = t.distill_temp
+        kd = F.kl_div(F.log_softmax(flat / temp, dim=-1), F.log_softmax(target.reshape(flat.shape) / temp, dim=-1),
+                      log_target=True, reduction="batchmean") * temp ** 2
+        fit = (1.0 - t.distill_weight) * raw_loss + t.distill_weight * kd
+    loss = regularized_loss(fit, extras, t.ar, t.tar)
+    if l1:
+        loss = loss + l1 * l1_penalty(student)
+    loss.backward()
     if t.clip:
         torch.nn.utils.clip_grad_norm_(params, t.clip)
     for g in optimizer.param_groups:
         g["lr"] = lr
     optimizer.step()
     enforce_masks(net)
-    return raw_loss, hidden
+    return raw_loss, own + theirs
 
 
 def draw_seq_len(bptt: int) -> int:
