@@ -264,7 +264,10 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown run(s) {unknown}; `python bench/experiments.py --list` shows the known ones")
     store = Path(args.json)
-    records = {r["name"]: r for r in json.loads(store.read_text())} if store.is_file() else {}
+
+    def stored() -> dict:  # read afresh before each write: another sweep may have added records meanwhile
+        return {r["name"]: r for r in json.loads(store.read_text())} if store.is_file() else {}
+
     if not args.report:
         runs_dir = Path(args.out)
         runs_dir.mkdir(parents=True, exist_ok=True)
@@ -281,9 +284,11 @@ def main() -> None:
                 f.result()
                 print(f"trained {n} ({time.time() - t0:.0f} s so far)", flush=True)
         for n in names:
-            records[n] = measure(n, runs_dir / n)
-            print(json.dumps(records[n]), flush=True)
+            record = measure(n, runs_dir / n)
+            print(json.dumps(record), flush=True)
+            records = stored() | {n: record}
             store.write_text(json.dumps(list(records.values()), indent=1) + "\n")  # after each: nothing lost
+    records = stored()
     listed = [records[n] for n in RUNS if n in records]
     doc = Path(args.doc)
     report(listed, doc, plot(listed, doc.parent / "img"))

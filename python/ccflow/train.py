@@ -123,6 +123,7 @@ class Trainer:
         self.epoch, self.step, self.lr = 0, 0, t.lr
         self.best_valid, self.best_epoch, self.packings = math.inf, 0, None
         self.doomed = None  # combine-aware pruning: weights shrunk until the next combine (prune.doomed_weights)
+        self._stats_key, self._stats_value = None, None  # packing figures, cached while the masks stand
         self.log_rows, self.pos, self.elapsed = 0, None, 0.0
         if saved:
             self._restore(saved)
@@ -323,7 +324,7 @@ class Trainer:
         """The packing stage's figures, recomputed only when the masks or packings changed (masks only
         shrink, so their live count is a fingerprint)."""
         key = (id(self.packings), sum(int(l.mask_ih.sum()) + int(l.mask_hh.sum()) for l in lstm_layers(self.model)))
-        if getattr(self, "_stats_key", None) != key:
+        if self._stats_key != key:
             self._stats_key, self._stats_value = key, packing_stats(self.model, self.packings, self.cfg.array)
         return self._stats_value
 
