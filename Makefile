@@ -22,7 +22,7 @@ GEN_SOURCES := $(wildcard rtl_templates/* hls/*) $(addprefix python/ccflow/,arra
                fixedpoint.py quantize.py golden.py generate.py hls.py flow.py)
 
 .PHONY: all help setup train rtl sim sim-all hls summary test test-fast bench bench-combine bench-train \
-        plots experiments lint clean fpga bench-fpga bench-contention
+        plots experiments quant-study lint clean fpga bench-fpga bench-contention
 
 all: sim-all hls summary ## the whole flow on CONFIG (default tiny): train, rtl, both simulators, HLS check, summary
 
@@ -93,8 +93,12 @@ bench-contention: $(SETUP) ## tiny training alone, next to a busy process, two a
 bench-fpga: $(REPORT) ## FPGA targets on BUILD/rtl: synthesis time/memory, Fmax, cycles per token, tokens/s
 	$(PY) bench/bench_fpga.py --rtl $(RTL)
 
-experiments: $(SETUP) ## column-combining experiments on ptbc-small (small preset) -> docs/results.md
+experiments: $(SETUP) ## the BPC-vs-array-cells frontier on ptbc-small (small preset) -> docs/results.md
 	$(PY) bench/experiments.py
+
+QUANT_MODEL ?= build/experiments/cpcc-0.5/model.pt
+quant-study: $(SETUP) ## weight sections x weight/activation bits, fixed-point BPC of QUANT_MODEL -> docs/quantization.md
+	$(PY) bench/quant_study.py --model $(QUANT_MODEL)
 
 plots: ## PNG training curves of BUILD/train/log.csv into BUILD/plots
 	$(CCFLOW) plots $(BUILD)/train/log.csv --out $(BUILD)/plots

@@ -24,6 +24,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -269,25 +270,32 @@ def main() -> None:
         return {r["name"]: r for r in json.loads(store.read_text())} if store.is_file() else {}
 
     if not args.report:
+        import torch
+
         runs_dir = Path(args.out)
         runs_dir.mkdir(parents=True, exist_ok=True)
         teachers = sorted({RUNS[n].teacher for n in names if RUNS[n].teacher} - set(names))
         if teachers and not all((runs_dir / t / "model.pt").is_file() for t in teachers):
             names = teachers + names  # a distilled run needs its teacher first
         t0 = time.time()
+        lock = threading.Lock()
+
+        def run(n: str, teacher) -> None:
+            if teacher:
+                teacher.result()
+            train(n, runs_dir / n)
+            record = measure(n, runs_dir / n)  # recorded as soon as trained: a sweep cut short keeps its runs
+            with lock:
+                store.write_text(json.dumps(list((stored() | {n: record}).values()), indent=1) + "\n")
+                print(f"recorded {n} ({time.time() - t0:.0f} s so far): {json.dumps(record)}", flush=True)
+
+        torch.set_num_threads(1)  # measuring shares the cores with the trainings
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = {}
             for n in names:  # teachers were queued first; their students wait for them
-                teacher = futures.get(RUNS[n].teacher)
-                futures[n] = pool.submit(lambda n=n, t=teacher: (t.result() if t else None, train(n, runs_dir / n)))
-            for n, f in futures.items():
+                futures[n] = pool.submit(run, n, futures.get(RUNS[n].teacher))
+            for f in futures.values():
                 f.result()
-                print(f"trained {n} ({time.time() - t0:.0f} s so far)", flush=True)
-        for n in names:
-            record = measure(n, runs_dir / n)
-            print(json.dumps(record), flush=True)
-            records = stored() | {n: record}
-            store.write_text(json.dumps(list(records.values()), indent=1) + "\n")  # after each: nothing lost
     records = stored()
     listed = [records[n] for n in RUNS if n in records]
     doc = Path(args.doc)

@@ -212,3 +212,41 @@ def test_packing_with_the_wrong_alpha_is_refused():
 def test_batchify_drops_the_remainder():
     cols = batchify(np.arange(10), 3)
     assert cols.shape == (3, 3) and cols[:, 1].tolist() == [3, 4, 5]
+
+
+def test_weight_sections_nest_and_each_takes_its_largest_exponent():
+    """Finer sections never get a smaller exponent; within a section the largest that fits is used."""
+    from ccflow.arrayconfig import WEIGHT_SECTIONS
+    from ccflow.quantize import row_exponents, section_exponent
+
+    rng = np.random.default_rng(5)
+    model = random_model(rng, hidden=(12, 20), scale=0.8)
+    model.layers[1].w_hh[5] *= 9.0  # one large row: coarse sections lose precision for everything else
+    mats = [np.concatenate([l.w_ih, l.w_hh], 1).reshape(4, l.hidden, -1).transpose(1, 0, 2).reshape(4 * l.hidden, -1)
+            for l in model.layers] + [model.embedding]
+    biases = [l.bias.reshape(4, l.hidden).T.reshape(-1) for l in model.layers] + [model.decoder_bias]
+    fracs = [12, 12, 8]
+    e = {}
+    for s in WEIGHT_SECTIONS:
+        array = ArrayConfig(rows=8, cols=4, alpha=4, formats=NumberFormats(weight_section=s))
+        e[s] = row_exponents(mats, biases, fracs, array)
+    for coarse, fine in zip(WEIGHT_SECTIONS, WEIGHT_SECTIONS[1:]):
+        assert all((f >= c).all() for c, f in zip(e[coarse], e[fine])), (coarse, fine)
+    array = ArrayConfig(rows=8, cols=4, alpha=4)
+    for m, b, f, er in zip(mats, biases, fracs, e["row"]):
+        for r in range(m.shape[0]):
+            assert er[r] == section_exponent(np.abs(m[r]).max(), abs(b[r]), array, f)
+    assert len(set(e["model"][0].tolist() + e["model"][1].tolist())) == 1  # one exponent, one out format
+    assert e["row"][1].max() > e["model"][1].max()  # the large row no longer sets everyone's scale
+    # every section quantizes to the same design shape; only weights, biases and shifts differ
+    designs = {s: quantize(model, ArrayConfig(rows=8, cols=4, alpha=4, formats=NumberFormats(weight_section=s)))
+               for s in WEIGHT_SECTIONS}
+    assert len({d.tile_weight.shape for d in designs.values()}) == 1
+    assert not np.array_equal(designs["row"].block_shift, designs["model"].block_shift)
+
+
+def test_an_unknown_weight_section_is_refused():
+    from ccflow.arrayconfig import ConfigError
+
+    with pytest.raises(ConfigError, match="weight_section='tensor' must be one of model, matrix"):
+        NumberFormats(weight_section="tensor")

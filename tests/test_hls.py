@@ -36,9 +36,11 @@ DESIGNS = {
     "16x8-a8": (ArrayConfig(rows=16, cols=8, alpha=8), dict(emsize=32, hidden=(64, 64)), None),
     # 20-row blocks: partial last LSTM blocks (48 and 56 rows), decoder padded 96 -> 100 rows; CPCC packing
     "20x3-a4-padded": (ArrayConfig(rows=20, cols=3, alpha=4), dict(emsize=10, hidden=(12, 14)), 0.5),
-    # alpha not a power of two, narrow formats (act 12 bits, acc 26, cell 18), partial blocks
+    # alpha not a power of two, narrow formats (act 12 bits, acc 26, cell 18), partial blocks, an
+    # exponent per row
     "12x5-a3-narrow": (ArrayConfig(rows=12, cols=5, alpha=3, formats=NumberFormats(
-        weight_bits=6, act_bits=12, act_frac=8, acc_bits=26, cell_bits=18, lut_frac=5, logit_frac=6)),
+        weight_bits=6, act_bits=12, act_frac=8, acc_bits=26, cell_bits=18, lut_frac=5, logit_frac=6,
+        weight_section="row")),
         dict(emsize=16, hidden=(20,)), None),
     # wide formats: int32 activations, int64 accumulator, 16384-entry LUTs
     "8x4-a16-wide": (ArrayConfig(rows=8, cols=4, alpha=16, formats=NumberFormats(

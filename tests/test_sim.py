@@ -155,16 +155,19 @@ def test_top_over_real_text(sim, top_rtl, top_design, text, sim_work):
 
 
 UNUSUAL = {
-    # 12-row blocks (3 lanes), alpha 5, 12-bit activations, 40-bit accumulators, lut_shift 0
+    # 12-row blocks (3 lanes), alpha 5, 12-bit activations, 40-bit accumulators, lut_shift 0, an
+    # exponent per row
     "odd": (dict(vocab=20, emsize=10, hidden=(12, 20)),
-            ArrayConfig(12, 3, 5, NumberFormats(act_bits=12, act_frac=8, lut_frac=8, cell_bits=20, acc_bits=40))),
-    # one lane, one array column, alpha 1, 4-bit weights, vocabulary smaller than a row block
+            ArrayConfig(12, 3, 5, NumberFormats(act_bits=12, act_frac=8, lut_frac=8, cell_bits=20, acc_bits=40,
+                                                weight_section="row"))),
+    # one lane, one array column, alpha 1, 4-bit weights, vocabulary smaller than a row block, one
+    # exponent per gate
     "narrow": (dict(vocab=3, emsize=6, hidden=(9,)),
-               ArrayConfig(4, 1, 1, NumberFormats(weight_bits=4, logit_frac=4, lut_frac=3))),
-    # alpha 16 on 2 columns, 10-bit activations and cells
+               ArrayConfig(4, 1, 1, NumberFormats(weight_bits=4, logit_frac=4, lut_frac=3, weight_section="gate"))),
+    # alpha 16 on 2 columns, 10-bit activations and cells, one exponent for the whole model
     "wide-alpha": (dict(vocab=30, emsize=8, hidden=(8,)),
                    ArrayConfig(8, 2, 16, NumberFormats(act_bits=10, act_frac=6, lut_frac=6, logit_frac=2,
-                                                       cell_bits=10))),
+                                                       cell_bits=10, weight_section="model"))),
     # row blocks shorter than a tile: some tile starts two blocks, so the bias ROM is read twice
     "short-blocks": (dict(vocab=11, emsize=8, hidden=(8,)), ArrayConfig(4, 8, 8)),
     # one array column, so blocks start 16 tiles apart: each block's bias is fetched in 4 words of

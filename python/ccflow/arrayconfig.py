@@ -13,7 +13,8 @@ Fixed-point formats (all integers are two's complement; ``Qm.f`` = f fraction bi
 quantity        format (default)       notes
 ==============  =====================  ==========================================
 weight          int8, per section      value = q * 2**-e; e chosen per section
-                exponent e             (gate x row block), see quantize.py
+                exponent e             (weight_section: gate x row block by
+                                       default), see quantize.py
 activation      int16, Q3.12           embedding output x and hidden state h
 accumulator     int32, saturating      scale 2**-(e + act_frac); starts at bias
 gate input z    int16, Q3.12           round-shift of the accumulator by
@@ -37,6 +38,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 
+# Which weights share one power-of-two exponent (quantize.row_exponents): the whole model, one
+# matrix, one gate of a matrix, one gate of one array row block, or one matrix row. The array
+# shifts every row's sum by its own amount, so the choice costs the hardware nothing.
+WEIGHT_SECTIONS = ("model", "matrix", "gate", "gate_block", "row")
+
+
 @dataclass(frozen=True)
 class NumberFormats:
     weight_bits: int = 8
@@ -47,8 +54,11 @@ class NumberFormats:
     lut_frac: int = 7
     logit_frac: int = 8
     max_shift: int = 31
+    weight_section: str = "gate_block"  # which weights share one exponent: one of WEIGHT_SECTIONS
 
     def __post_init__(self) -> None:
+        _check(self.weight_section in WEIGHT_SECTIONS,
+               f"weight_section={self.weight_section!r} must be one of {', '.join(WEIGHT_SECTIONS)}")
         _check(2 <= self.weight_bits <= 16, f"weight_bits={self.weight_bits} must be in 2..16")
         _check(4 <= self.act_bits <= 24, f"act_bits={self.act_bits} must be in 4..24")
         _check(0 <= self.act_frac < self.act_bits, f"act_frac={self.act_frac} must be in 0..act_bits-1")

@@ -2,12 +2,15 @@
 
 Why per-section weight formats: one exponent per tensor lets the largest gate
 (often the forget gate's bias-heavy rows) set the scale for all of them, and
-small gates lose their low bits. Here every *section* -- one gate of one row
-block of the array -- gets its own power-of-two exponent ``e``: weights are
-``round(w * 2**e)`` in int8, the block's accumulator has scale
-``2**-(e + act_frac)``, and the per-row right shift ``e + act_frac - out_frac``
-brings it back to a common format. A shift is one barrel shifter per row, so
-sections cost the hardware almost nothing.
+small gates lose their low bits. Here every *section* gets its own power-of-two
+exponent ``e``: weights are ``round(w * 2**e)`` in int8, a row's accumulator
+has scale ``2**-(e + act_frac)``, and the row's right shift
+``e + act_frac - out_frac`` brings it back to a common format. The array
+shifts every row by its own amount, so any section that is a set of whole rows
+costs the hardware nothing. ``formats.weight_section`` says which rows share
+one exponent (:func:`row_exponents`): the whole model, a matrix, a gate of a
+matrix, a gate of one row block (the array height), or a single row; the study
+in docs/results.md measured them.
 
 ``e`` is the largest exponent at which the section's weights fit the weight
 format and its biases fit a quarter of the accumulator (headroom for the sum),
@@ -33,7 +36,8 @@ from .design import Design, MatrixInfo, act_layout, column_addresses
 from .fixedpoint import SaturationCounter
 from .pack import FloatLSTM, FloatModel, MatrixPacking, PackError, pack_model
 
-__all__ = ["FloatLSTM", "FloatModel", "QuantizeError", "quantize", "activation_luts", "section_exponent"]
+__all__ = ["FloatLSTM", "FloatModel", "QuantizeError", "quantize", "activation_luts", "section_exponent",
+           "row_exponents"]
 
 
 class QuantizeError(PackError):
@@ -59,15 +63,17 @@ def quantize(model: FloatModel, array: ArrayConfig,
         packed = pack_model(model, array, packings)
     except PackError as e:
         raise QuantizeError(str(e)) from None
+    biases = [layer.bias.reshape(4, layer.hidden).T.reshape(-1) for layer in model.layers]  # interleaved like rows
+    biases.append(model.decoder_bias)
+    out_fracs = [fmt.act_frac] * len(model.layers) + [fmt.logit_frac]
+    exponents = row_exponents([mp.matrix for mp in packed.matrices], biases, out_fracs, array)
     builder = _TileBuilder(array)
     matrices = []
     for l, (layer, mp) in enumerate(zip(model.layers, packed.matrices)):
-        bias = layer.bias.reshape(4, layer.hidden).T.reshape(-1)  # interleaved like the rows
-        gate = np.arange(mp.matrix.shape[0]) % 4
-        matrices.append(builder.add(mp, bias, gate, fmt.act_frac, sat, in_base=base[l], hidden=layer.hidden,
-                                    out_base=base[l + 1], cell_base=cell_base[l]))
-    matrices.append(builder.add(packed.matrices[-1], model.decoder_bias, np.zeros(vocab, dtype=int),
-                                fmt.logit_frac, sat, in_base=base[len(hidden)], hidden=0, out_base=-1, cell_base=-1))
+        matrices.append(builder.add(mp, biases[l], exponents[l], fmt.act_frac, sat, in_base=base[l],
+                                    hidden=layer.hidden, out_base=base[l + 1], cell_base=cell_base[l]))
+    matrices.append(builder.add(packed.matrices[-1], biases[-1], exponents[-1], fmt.logit_frac, sat,
+                                in_base=base[len(hidden)], hidden=0, out_base=-1, cell_base=-1))
 
     act_lo, act_hi = -(1 << (fmt.act_bits - 1)), (1 << (fmt.act_bits - 1)) - 1
     emb = np.rint(model.embedding * 2.0 ** fmt.act_frac).astype(np.int64)
@@ -106,6 +112,34 @@ def section_exponent(max_w: float, max_b: float, array: ArrayConfig, out_frac: i
     return max(e, e_min)
 
 
+def row_exponents(matrices: list[np.ndarray], biases: list[np.ndarray], out_fracs: list[int],
+                  array: ArrayConfig) -> list[np.ndarray]:
+    """Each row's weight exponent, shared by the rows of its section (``formats.weight_section``).
+
+    LSTM matrices interleave their rows unit by unit (i, f, g, o of unit 0, then of unit 1, ...), so
+    a row's gate is its index mod 4; the decoder has no gates (one section per matrix or row block).
+    """
+    section = array.formats.weight_section
+    if section == "model":  # every row of every matrix: the largest weight and bias anywhere set e
+        max_w = max(float(np.abs(m).max(initial=0.0)) for m in matrices)
+        max_b = max(float(np.abs(b).max(initial=0.0)) for b in biases)
+        return [np.full(m.shape[0], section_exponent(max_w, max_b, array, f), dtype=np.int64)
+                for m, f in zip(matrices, out_fracs)]
+    out = []
+    for i, (matrix, bias, out_frac) in enumerate(zip(matrices, biases, out_fracs)):
+        rows = np.arange(matrix.shape[0])
+        gate = rows % 4 if i < len(matrices) - 1 else np.zeros_like(rows)
+        key = {"matrix": np.zeros_like(rows), "gate": gate, "gate_block": rows // array.rows * 4 + gate,
+               "row": rows}[section]
+        e = np.zeros(len(rows), dtype=np.int64)
+        for k in np.unique(key):
+            sel = key == k
+            e[sel] = section_exponent(float(np.abs(matrix[sel]).max(initial=0.0)),
+                                      float(np.abs(bias[sel]).max(initial=0.0)), array, out_frac)
+        out.append(e)
+    return out
+
+
 class _TileBuilder:
     """Accumulates tiles and row blocks of all matrices in execution order."""
 
@@ -115,7 +149,7 @@ class _TileBuilder:
         self.bias: list[np.ndarray] = []
         self.shift: list[np.ndarray] = []
 
-    def add(self, mp: MatrixPacking, bias, section, out_frac, sat, *,
+    def add(self, mp: MatrixPacking, bias, exponent, out_frac, sat, *,
             in_base, hidden, out_base, cell_base) -> MatrixInfo:
         arr, fmt = self.array, self.array.formats
         matrix, name = mp.matrix, mp.name
@@ -128,13 +162,8 @@ class _TileBuilder:
         for r0, groups in zip(range(0, R, arr.rows), mp.blocks):
             r1 = min(R, r0 + arr.rows)
             rows = slice(r0, r1)
-            # Per-section exponents and the per-row shift/bias of this block.
-            e_row = np.zeros(arr.rows, dtype=np.int64)
-            for s in np.unique(section[rows]):
-                sel = np.flatnonzero(section[rows] == s)
-                e = section_exponent(np.abs(matrix[r0 + sel]).max(initial=0.0),
-                                     float(np.abs(bias[r0 + sel]).max(initial=0.0)), arr, out_frac)
-                e_row[sel] = e
+            e_row = np.zeros(arr.rows, dtype=np.int64)  # rows past the matrix keep e = 0 (no weights)
+            e_row[: r1 - r0] = exponent[rows]
             wq = np.rint(matrix[rows] * 2.0 ** e_row[: r1 - r0, None]).astype(np.int64)
             wq = sat.saturate(wq, fmt.weight_bits, f"{name} weights")
             bq = np.zeros(arr.rows, dtype=np.int64)
