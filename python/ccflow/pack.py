@@ -108,8 +108,8 @@ def combine_matrix(matrix: np.ndarray, in_x: int, alpha: int, gamma: float, row_
 class MatrixPacking:
     """One matrix as the array executes it."""
 
-    name: str  # "lstm0", ..., "decoder"
-    kind: str  # "lstm" or "decoder"
+    name: str  # "lstm0", ..., "decoder"; a CNN's "conv0", ..., "fc4"
+    kind: str  # "lstm", "decoder", "conv" or "fc"
     matrix: np.ndarray  # float weights in array row order (LSTM: unit-major gates, see combine.lstm_matrix)
     in_x: int  # columns read from the x region; the rest read the layer's own h
     packing: Packing
@@ -169,19 +169,36 @@ class ModelPacking:
         return out
 
 
-def model_matrices(model: FloatModel) -> list[tuple[str, str, np.ndarray, int]]:
-    """(name, kind, matrix, in_x) of every matrix the array runs, in execution order."""
+def float_model(model):
+    """The float description of a trained torch model: :class:`FloatModel` for the LSTM language
+    model, ``cnn.FloatCnn`` (batch norm folded) for a CNN."""
+    if hasattr(getattr(model, "module", model), "stages"):
+        from .cnn import FloatCnn
+
+        return FloatCnn.from_torch(getattr(model, "module", model))
+    return FloatModel.from_torch(getattr(model, "module", model))
+
+
+def model_matrices(model) -> list[tuple[str, str, np.ndarray, int]]:
+    """(name, kind, matrix, in_x) of every matrix the array runs, in execution order.
+
+    A CNN's matrices are its convolutions (out x (in * kh * kw)) and Linear layers, named by
+    their index among them (``conv0``, ``conv1``, ``fc2``, ...); every column is an input.
+    """
+    if hasattr(model, "stages"):  # cnn.FloatCnn
+        return [(f"{st.kind}{k}", st.kind, st.matrix, st.matrix.shape[1]) for k, st in enumerate(model.weight_stages)]
     out = [(f"lstm{k}", "lstm", lstm_matrix(layer.w_ih, layer.w_hh), layer.w_ih.shape[1])
            for k, layer in enumerate(model.layers)]
     out.append(("decoder", "decoder", model.embedding, model.embedding.shape[1]))
     return out
 
 
-def pack_model(model: FloatModel, array, packings: dict[int, Packing] | None = None) -> ModelPacking:
-    """Every matrix as the array executes it; ``packings`` are training's, by LSTM layer index."""
+def pack_model(model, array, packings: dict[int, Packing] | None = None) -> ModelPacking:
+    """Every matrix of a :class:`FloatModel` or ``cnn.FloatCnn`` as the array executes it;
+    ``packings`` are training's, by index of the prunable matrix (``prune.masked_matrices``)."""
     out = []
     for k, (name, kind, matrix, in_x) in enumerate(model_matrices(model)):
-        trained = (packings or {}).get(k) if kind == "lstm" else None
+        trained = (packings or {}).get(k) if kind != "decoder" else None
         packing = hardware_packing(name, matrix, in_x, array, trained)
         out.append(MatrixPacking(name, kind, matrix, in_x, packing, executed_groups(matrix, packing, array.rows),
                                  array.rows, trained is not None))

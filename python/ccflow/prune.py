@@ -1,12 +1,14 @@
 """Masks in training: magnitude pruning on a ramp, column combining on a schedule.
 
-Both act on each LSTM layer's ``[W_ih | W_hh]`` matrix (BRIEF section 4), the
-matrix one array pass multiplies by ``[x; h]``. Masks only ever shrink: a
-pruned weight stays zero for the rest of the run. Three mechanisms make that
-hold exactly, whatever the optimizer does:
+Both act on every weight matrix as the array sees it (BRIEF section 4,
+:class:`MaskedMatrix`): an LSTM layer's ``[W_ih | W_hh]`` (one array pass
+multiplies it by ``[x; h]``), a convolution's out x (in * kh * kw), a Linear's
+W. Masks only ever shrink: a pruned weight stays zero for the rest of the run.
+Three mechanisms make that hold exactly, whatever the optimizer does:
 
-* the forward pass multiplies every weight by its mask (``MaskedLSTM``), so a
-  masked weight gets no gradient and contributes nothing;
+* the forward pass multiplies every weight by its mask (``MaskedLSTM``,
+  ``cnn.MaskedConv2d``, ``cnn.MaskedLinear``), so a masked weight gets no
+  gradient and contributes nothing;
 * :func:`enforce_masks` zeroes the raw parameters at masked positions after
   every optimizer step, so momentum and weight decay cannot move them;
 * :func:`mask_optimizer_state` zeroes the optimizer's moments at positions a
@@ -15,11 +17,77 @@ hold exactly, whatever the optimizer does:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from .config import Config, PruneConfig
 from .model import MaskedLSTM, lstm_layers
+
+
+# --- the matrices ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaskedMatrix:
+    """One weight matrix of a model as pruning and combining see it.
+
+    ``pairs`` are its (raw weight, bool mask) pieces laid side by side as columns, each
+    flattened to out x rest: ``(W_ih, W_hh)`` of an LSTM layer, the one weight of a
+    convolution (out x (in * kh * kw)) or of a Linear. Pruning works in this column order;
+    the array's row order differs only for the LSTM, whose rows interleave the gates unit by
+    unit (``combine.lstm_matrix``).
+    """
+
+    pairs: tuple[tuple[torch.nn.Parameter, torch.Tensor], ...]
+    in_x: int  # columns read from the x region; the rest read the layer's own h (LSTM)
+    lstm: bool
+
+    def weight(self) -> torch.Tensor:
+        """Raw weights, out x columns (masked entries are zero after :func:`enforce_masks`)."""
+        return torch.cat([p.reshape(p.shape[0], -1) for p, _ in self.pairs], dim=1)
+
+    def mask(self) -> torch.Tensor:
+        return torch.cat([m.reshape(m.shape[0], -1) for _, m in self.pairs], dim=1)
+
+    def set_mask(self, new: torch.Tensor) -> None:
+        start = 0
+        for _, m in self.pairs:
+            width = m[0].numel()
+            m.copy_(new[:, start:start + width].reshape(m.shape))
+            start += width
+
+    def array_matrix(self) -> np.ndarray:
+        """The masked weights in the array's row order, float32 numpy."""
+        from .combine import lstm_matrix
+
+        eff = [(p * m).detach().cpu().float().numpy() for p, m in self.pairs]
+        return lstm_matrix(*eff) if self.lstm else eff[0].reshape(eff[0].shape[0], -1)
+
+    def from_array(self, keep: np.ndarray) -> torch.Tensor:
+        """A bool matrix in the array's row order -> the same in this matrix's column layout."""
+        from .combine import lstm_unmatrix
+
+        if self.lstm:
+            keep = np.concatenate(lstm_unmatrix(np.asarray(keep, dtype=bool), self.in_x), axis=1)
+        return torch.from_numpy(np.array(keep, dtype=bool)).to(self.pairs[0][1].device)  # a writable copy
+
+
+def masked_matrices(model: torch.nn.Module) -> list[MaskedMatrix]:
+    """Every prunable matrix of a model (possibly inside DistributedDataParallel), in execution order:
+    the LSTM layers of a language model (not its tied embedding/decoder), every Conv2d and Linear of
+    a CNN."""
+    module = getattr(model, "module", model)
+    if hasattr(module, "layers"):
+        return [as_matrix(layer) for layer in lstm_layers(module)]
+    from .cnn import weight_layers
+
+    return [MaskedMatrix(((l.weight, l.mask),), l.weight[0].numel(), False) for l in weight_layers(module)]
+
+
+def as_matrix(layer: MaskedLSTM) -> MaskedMatrix:
+    return MaskedMatrix(((layer.weight_ih, layer.mask_ih), (layer.weight_hh, layer.mask_hh)), layer.input_size, True)
 
 
 # --- schedule ----------------------------------------------------------------
@@ -114,51 +182,52 @@ def bank_balanced_mask(weight: torch.Tensor, mask: torch.Tensor, sparsity: float
 
 
 @torch.no_grad()
-def prune_layer(layer: MaskedLSTM, sparsity: float, method: str = "magnitude", bank_size: int = 32) -> None:
-    """Prune the layer's [W_ih | W_hh] as one matrix toward ``sparsity``: by magnitude over the whole
-    matrix, or bank-balanced (:func:`bank_balanced_mask`)."""
-    w = torch.cat([layer.weight_ih, layer.weight_hh], dim=1)
-    m = torch.cat([layer.mask_ih, layer.mask_hh], dim=1)
-    new = magnitude_mask(w, m, sparsity) if method == "magnitude" else bank_balanced_mask(w, m, sparsity, bank_size)
-    layer.mask_ih.copy_(new[:, : layer.input_size])
-    layer.mask_hh.copy_(new[:, layer.input_size:])
+def prune_layer(layer: MaskedLSTM | MaskedMatrix, sparsity: float, method: str = "magnitude",
+                bank_size: int = 32) -> None:
+    """Prune one matrix (an LSTM layer's [W_ih | W_hh] as one) toward ``sparsity``: by magnitude
+    over the whole matrix, or bank-balanced (:func:`bank_balanced_mask`)."""
+    mm = as_matrix(layer) if isinstance(layer, MaskedLSTM) else layer
+    w, m = mm.weight(), mm.mask()
+    mm.set_mask(magnitude_mask(w, m, sparsity) if method == "magnitude" else bank_balanced_mask(w, m, sparsity, bank_size))
 
 
 @torch.no_grad()
 def enforce_masks(model: torch.nn.Module) -> None:
     """Zero raw parameters where masked: call after every optimizer step and every mask change."""
-    for layer in lstm_layers(model):
-        layer.weight_ih.mul_(layer.mask_ih)
-        layer.weight_hh.mul_(layer.mask_hh)
+    for mm in masked_matrices(model):
+        for p, m in mm.pairs:
+            p.mul_(m)
 
 
 @torch.no_grad()
 def mask_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
     """Zero every per-parameter optimizer tensor (Adam moments, SGD momentum) at masked positions."""
-    for layer in lstm_layers(model):
-        for p, m in ((layer.weight_ih, layer.mask_ih), (layer.weight_hh, layer.mask_hh)):
+    for mm in masked_matrices(model):
+        for p, m in mm.pairs:
             for v in optimizer.state.get(p, {}).values():
                 if torch.is_tensor(v) and v.shape == p.shape:
                     v.mul_(m)
 
 
 def l1_penalty(model: torch.nn.Module) -> torch.Tensor:
-    """Sum of |w| over the LSTM matrices (masked weights are zero and add nothing)."""
-    return sum(l.weight_ih.abs().sum() + l.weight_hh.abs().sum() for l in lstm_layers(model))
+    """Sum of |w| over the prunable matrices (masked weights are zero and add nothing)."""
+    return sum(p.abs().sum() for mm in masked_matrices(model) for p, _ in mm.pairs)
 
 
 def nonzero_weights(model: torch.nn.Module) -> int:
-    """Exact count of nonzero weights in the LSTM matrices [W_ih | W_hh] (no biases, embedding or decoder)."""
-    n = 0
-    for layer in lstm_layers(model):
-        w_ih, w_hh = layer.effective_weights()
-        n += int(torch.count_nonzero(w_ih)) + int(torch.count_nonzero(w_hh))
-    return n
+    """Exact count of nonzero weights in the prunable matrices (LSTM: [W_ih | W_hh]; no biases,
+    embedding or decoder)."""
+    return sum(int(torch.count_nonzero(p * m)) for mm in masked_matrices(model) for p, m in mm.pairs)
 
 
 def dense_cells(model: torch.nn.Module) -> int:
-    """Array cells of the LSTM matrices when nothing is combined: sum of 4H x (I+H)."""
-    return sum(l.weight_ih.numel() + l.weight_hh.numel() for l in lstm_layers(model))
+    """Array cells of the prunable matrices when nothing is combined (LSTM: sum of 4H x (I+H))."""
+    return sum(p.numel() for mm in masked_matrices(model) for p, _ in mm.pairs)
+
+
+def live_mask_entries(model: torch.nn.Module) -> int:
+    """Entries still on in every mask: masks only shrink, so this fingerprints them."""
+    return sum(int(m.sum()) for mm in masked_matrices(model) for _, m in mm.pairs)
 
 
 # --- column combining ----------------------------------------------------------
@@ -166,56 +235,52 @@ def dense_cells(model: torch.nn.Module) -> int:
 
 def layer_matrix(layer: MaskedLSTM) -> np.ndarray:
     """The layer's masked [W_ih | W_hh] in the row order the array uses (unit-major, see combine.lstm_matrix)."""
-    from .combine import lstm_matrix
+    return as_matrix(layer).array_matrix()
 
-    w_ih, w_hh = layer.effective_weights()
-    return lstm_matrix(w_ih.detach().cpu().float().numpy(), w_hh.detach().cpu().float().numpy())
+
+def _combine(mm: MaskedMatrix, cfg: Config):
+    from .pack import combine_matrix, row_block
+
+    return combine_matrix(mm.array_matrix(), mm.in_x, cfg.array.alpha, cfg.combine.gamma, row_block(cfg))
 
 
 @torch.no_grad()
 def combine_model(model: torch.nn.Module, cfg: Config) -> dict:
-    """Column-combine every LSTM layer (``ccflow.pack``) and AND the combine-pruning masks into the layer masks.
+    """Column-combine every prunable matrix (``ccflow.pack``) and AND the combine-pruning masks into its masks.
 
-    Returns ``{layer index: Packing}``. Callers must then zero the pruned
+    Returns ``{matrix index: Packing}``. Callers must then zero the pruned
     weights (:func:`enforce_masks`) and their optimizer state.
     """
-    from .combine import lstm_unmatrix
-    from .pack import combine_matrix, row_block
-
     packings = {}
-    for l, layer in enumerate(lstm_layers(model)):
-        packing = combine_matrix(layer_matrix(layer), layer.input_size, cfg.array.alpha, cfg.combine.gamma,
-                                 row_block(cfg))
-        keep_ih, keep_hh = lstm_unmatrix(np.asarray(packing.mask, dtype=bool), layer.input_size)
-        layer.mask_ih &= torch.from_numpy(np.ascontiguousarray(keep_ih)).to(layer.mask_ih.device)
-        layer.mask_hh &= torch.from_numpy(np.ascontiguousarray(keep_hh)).to(layer.mask_hh.device)
-        packings[l] = packing
+    for k, mm in enumerate(masked_matrices(model)):
+        packing = _combine(mm, cfg)
+        mm.set_mask(mm.mask() & mm.from_array(packing.mask))
+        packings[k] = packing
     return packings
 
 
 @torch.no_grad()
-def doomed_weights(model: torch.nn.Module, cfg: Config) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per LSTM layer, (ih, hh) masks of the live weights a combine now would cut: a trial
-    combine (the same :func:`combine_model` decision) whose masks are returned, not applied."""
-    from .combine import lstm_unmatrix
-    from .pack import combine_matrix, row_block
-
+def doomed_weights(model: torch.nn.Module, cfg: Config) -> list[tuple[torch.Tensor, ...]]:
+    """Per matrix, one mask per piece (LSTM: ih, hh) of the live weights a combine now would cut: a
+    trial combine (the same decision as :func:`combine_model`) whose masks are returned, not applied."""
     out = []
-    for layer in lstm_layers(model):
-        packing = combine_matrix(layer_matrix(layer), layer.input_size, cfg.array.alpha, cfg.combine.gamma,
-                                 row_block(cfg))
-        keep_ih, keep_hh = lstm_unmatrix(np.asarray(packing.mask, dtype=bool), layer.input_size)
-        out.append((layer.mask_ih & ~torch.from_numpy(np.ascontiguousarray(keep_ih)).to(layer.mask_ih.device),
-                    layer.mask_hh & ~torch.from_numpy(np.ascontiguousarray(keep_hh)).to(layer.mask_hh.device)))
+    for mm in masked_matrices(model):
+        doomed = mm.mask() & ~mm.from_array(_combine(mm, cfg).mask)
+        pieces, start = [], 0
+        for _, m in mm.pairs:
+            width = m[0].numel()
+            pieces.append(doomed[:, start:start + width].reshape(m.shape).contiguous())
+            start += width
+        out.append(tuple(pieces))
     return out
 
 
 @torch.no_grad()
-def shrink_doomed(model: torch.nn.Module, doomed: list[tuple[torch.Tensor, torch.Tensor]], decay: float) -> None:
+def shrink_doomed(model: torch.nn.Module, doomed: list[tuple[torch.Tensor, ...]], decay: float) -> None:
     """Scale the weights :func:`doomed_weights` marked by ``1 - decay`` (after an optimizer step)."""
-    for layer, (ih, hh) in zip(lstm_layers(model), doomed):
-        layer.weight_ih[ih] *= 1.0 - decay
-        layer.weight_hh[hh] *= 1.0 - decay
+    for mm, pieces in zip(masked_matrices(model), doomed):
+        for (p, _), d in zip(mm.pairs, pieces):
+            p[d] *= 1.0 - decay
 
 
 def soft_phase_starts(cfg: Config, epoch: int) -> bool:
@@ -232,8 +297,8 @@ def apply_schedule(model: torch.nn.Module, cfg: Config, epoch: int, packings: di
     s = layer_sparsity(cfg, epoch)
     changed = False
     if s > layer_sparsity(cfg, epoch - 1):
-        for layer in lstm_layers(model):
-            prune_layer(layer, s, cfg.prune.method, cfg.prune.bank_size)
+        for mm in masked_matrices(model):
+            prune_layer(mm, s, cfg.prune.method, cfg.prune.bank_size)
         changed = True
     if epoch in cfg.combine.epochs:
         packings = combine_model(model, cfg)
@@ -246,7 +311,7 @@ def apply_schedule(model: torch.nn.Module, cfg: Config, epoch: int, packings: di
 def packing_stats(model: torch.nn.Module, packings: dict | None, array) -> tuple[int, int, float]:
     """(nonzero weights, packed cells, utilization) as the packing stage counts them (``ccflow.pack``):
     every matrix the array executes, decoder included, layers never combined packed conflict-free."""
-    from .pack import FloatModel, pack_model
+    from .pack import float_model, pack_model
 
-    packed = pack_model(FloatModel.from_torch(model), array, packings)
+    packed = pack_model(float_model(model), array, packings)
     return packed.nnz, packed.packed_cells, packed.utilization

@@ -39,10 +39,11 @@ from . import checkpoint as ckpt
 from .config import Config, ConfigError
 from .corpus import load_corpus
 from .evaluate import batchify, evaluate
-from .model import LSTMLanguageModel, detach_hidden, lstm_layers
+from .model import LSTMLanguageModel, detach_hidden
 from .outdir import check_out_dir
 from .prune import (apply_schedule, dense_cells, doomed_weights, enforce_masks, final_mask_epoch, l1_penalty,
-                    mask_optimizer_state, nonzero_weights, packing_stats, shrink_doomed, soft_phase_starts)
+                    live_mask_entries, mask_optimizer_state, masked_matrices, nonzero_weights, packing_stats,
+                    shrink_doomed, soft_phase_starts)
 from .runtime import choose_threads, resolve_device, set_threads
 
 LOG_COLUMNS = ("kind", "epoch", "step", "train_bpc", "valid_bpc", "lr", "ms_per_batch", "chars_per_s",
@@ -65,6 +66,10 @@ def run_training(cfg: Config, out_dir: Path, resume: bool = False, device: str |
     an existing run in ``out_dir`` is refused rather than overwritten. ``threads``:
     CPU threads (default: :func:`ccflow.runtime.choose_threads` by model size and free cores).
     """
+    if cfg.model.arch != "lstm":
+        from .cnn_train import run_cnn_training
+
+        return run_cnn_training(cfg, Path(out_dir), resume, device, threads)
     trainer = Trainer(cfg, Path(out_dir), resume, device, threads)
     try:
         trainer.fit()
@@ -152,22 +157,7 @@ class Trainer:
             self.owns_group = True
 
     def _read_resume(self, resume: bool) -> dict | None:
-        if not self.ckpt_path.exists():
-            left = [p.name for p in (self.model_path, self.log_path) if p.exists()]
-            if left:
-                raise ConfigError(f"{self.out_dir} holds {' and '.join(left)} of an earlier run but no checkpoint.pt, "
-                                  "so --resume is impossible and a new run would replace them; choose another "
-                                  "--out, or delete the folder to start over")
-            if resume and self.rank == 0:
-                print(f"no checkpoint in {self.out_dir}; starting a new run", file=sys.stderr)
-            return None
-        saved = ckpt.read_checkpoint(self.ckpt_path)
-        if not resume:
-            raise ConfigError(f"{self.out_dir} already holds a run (checkpoint.pt after epoch {saved['epoch']}); "
-                              "pass --resume to continue it, or choose another --out")
-        ckpt.check_compatible(self.ckpt_path, Config.from_dict(saved["config"]), self.cfg,
-                              prefixes=("",), ignore=RESUMABLE_CHANGES)
-        return saved
+        return read_resume(self.cfg, self.out_dir, resume, quiet=self.rank != 0)
 
     def _restore(self, saved: dict) -> None:
         tr = saved["train"]
@@ -175,7 +165,7 @@ class Trainer:
         self.optimizer.load_state_dict(tr["optimizer"])
         self.packings = ckpt.packings_from_plain(saved["packings"])
         if tr.get("doomed") is not None:
-            self.doomed = [(ih.to(self.device), hh.to(self.device)) for ih, hh in tr["doomed"]]
+            self.doomed = [tuple(m.to(self.device) for m in pieces) for pieces in tr["doomed"]]
         self.epoch, self.step, self.lr = saved["epoch"], tr["step"], tr["lr"]
         self.best_valid, self.best_epoch = tr["best_valid"], tr["best_epoch"]
         self.log_rows, self.elapsed = tr["log_rows"], tr["elapsed"]
@@ -189,14 +179,7 @@ class Trainer:
                                                for h, c in ranks[self.rank]["hidden"]])
 
     def _open_log(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        rows = []
-        if self.log_rows and self.log_path.exists():  # drop rows written after the checkpoint
-            with open(self.log_path, newline="") as f:
-                rows = list(csv.reader(f))[1:1 + self.log_rows]
-        with open(self.log_path, "w", newline="") as f:
-            csv.writer(f).writerows([LOG_COLUMNS, *rows])
-        self.log_rows = len(rows)
+        self.log_rows = open_log(self.log_path, LOG_COLUMNS, self.log_rows)
 
     def close(self) -> None:
         for sig, old in self._old_handlers.items():
@@ -323,7 +306,7 @@ class Trainer:
     def _stats(self):
         """The packing stage's figures, recomputed only when the masks or packings changed (masks only
         shrink, so their live count is a fingerprint)."""
-        key = (id(self.packings), sum(int(l.mask_ih.sum()) + int(l.mask_hh.sum()) for l in lstm_layers(self.model)))
+        key = (id(self.packings), live_mask_entries(self.model))
         if self._stats_key != key:
             self._stats_key, self._stats_value = key, packing_stats(self.model, self.packings, self.cfg.array)
         return self._stats_value
@@ -349,8 +332,8 @@ class Trainer:
         if self.world == 1:
             return
         differs = torch.zeros(1, device=self.device)
-        for layer in lstm_layers(self.model):
-            for m in (layer.mask_ih, layer.mask_hh):
+        for mm in masked_matrices(self.model):
+            for _, m in mm.pairs:
                 ref = m.to(torch.uint8)
                 dist.broadcast(ref, 0)
                 differs += (ref.bool() != m).sum()
@@ -379,7 +362,7 @@ class Trainer:
                      "best_valid": self.best_valid, "best_epoch": self.best_epoch, "log_rows": self.log_rows,
                      "elapsed": self.elapsed, "pos": pos, "rng": get_rng_state(), "ranks": ranks,
                      "world": self.world,
-                     "doomed": None if self.doomed is None else [[ih.cpu(), hh.cpu()] for ih, hh in self.doomed]}
+                     "doomed": None if self.doomed is None else [[m.cpu() for m in pieces] for pieces in self.doomed]}
             ckpt.atomic_save(ckpt.make_checkpoint("full", self.cfg, self.corpus.vocab, self.model, self.packings,
                                                   self.epoch, valid_bpc, train), self.ckpt_path)
         if self.world > 1:
@@ -416,6 +399,41 @@ class Trainer:
         name = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal"
         raise TrainingInterrupted(f"{name} stopped training at {where}; state saved in {self.ckpt_path}; "
                                   "continue with --resume")
+
+
+def read_resume(cfg: Config, out_dir: Path, resume: bool, quiet: bool = False) -> dict | None:
+    """The checkpoint.pt in ``out_dir`` to resume from, or None for a new run; refuses to overwrite a run
+    (without ``resume``) or to continue one of another configuration."""
+    ckpt_path = out_dir / "checkpoint.pt"
+    if not ckpt_path.exists():
+        left = [n for n in ("model.pt", "log.csv") if (out_dir / n).exists()]
+        if left:
+            raise ConfigError(f"{out_dir} holds {' and '.join(left)} of an earlier run but no checkpoint.pt, "
+                              "so --resume is impossible and a new run would replace them; choose another "
+                              "--out, or delete the folder to start over")
+        if resume and not quiet:
+            print(f"no checkpoint in {out_dir}; starting a new run", file=sys.stderr)
+        return None
+    saved = ckpt.read_checkpoint(ckpt_path)
+    if not resume:
+        raise ConfigError(f"{out_dir} already holds a run (checkpoint.pt after epoch {saved['epoch']}); "
+                          "pass --resume to continue it, or choose another --out")
+    ckpt.check_compatible(ckpt_path, Config.from_dict(saved["config"]), cfg, prefixes=("",),
+                          ignore=RESUMABLE_CHANGES)
+    return saved
+
+
+def open_log(path: Path, columns, known_rows: int) -> int:
+    """Start log.csv: its header and the first ``known_rows`` rows (those the checkpoint knows of;
+    rows written after it are dropped). Returns the rows kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    if known_rows and path.exists():
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))[1:1 + known_rows]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([columns, *rows])
+    return len(rows)
 
 
 def train_step(net, optimizer, params, x, y, hidden, t, lr: float, l1: float = 0.0, teacher=None):

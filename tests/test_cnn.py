@@ -1,0 +1,137 @@
+"""CNNs: shapes, batch-norm folding, the matrices pruning and packing see, training with the schedule."""
+
+import numpy as np
+import pytest
+import torch
+
+from ccflow.cnn import Cnn, CnnError, FloatCnn, conv2d, im2col, weight_layers
+from ccflow.combine import conv2d_matrix
+from ccflow.prune import masked_matrices, prune_layer
+
+
+@pytest.mark.parametrize("arch,shape,weights", [
+    ("lenet5", (1, 8, 8), [(6, 1, 5, 5), (16, 6, 5, 5), (120, 64), (84, 120), (10, 84)]),
+    ("lenet5", (1, 28, 28), [(6, 1, 5, 5), (16, 6, 5, 5), (120, 400), (84, 120), (10, 84)]),  # the paper's MNIST net
+    ("vgg-small", (3, 32, 32), [(32, 3, 3, 3), (32, 32, 3, 3), (64, 32, 3, 3), (64, 64, 3, 3), (128, 64, 3, 3),
+                                (128, 128, 3, 3), (10, 2048)]),
+])
+def test_architectures_have_the_documented_layers(arch, shape, weights):
+    model = Cnn(arch, shape, 10)
+    assert [tuple(l.weight.shape) for l in weight_layers(model)] == weights
+    assert model(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+def test_an_input_too_small_is_refused():
+    with pytest.raises(CnnError, match="too small"):
+        Cnn("vgg-small", (3, 4, 4), 10)
+    with pytest.raises(CnnError, match="choose one of lenet5"):
+        Cnn("resnet-1000", (1, 8, 8), 10)
+
+
+@pytest.mark.parametrize("arch,shape", [("lenet5", (1, 8, 8)), ("vgg-small", (3, 16, 16))])
+def test_folded_network_computes_what_the_torch_model_computes(arch, shape):
+    torch.manual_seed(0)
+    model = Cnn(arch, shape, 10)
+    for layer in weight_layers(model):  # some pruning, so folding must keep zeros zero
+        layer.mask &= torch.rand(layer.mask.shape) > 0.5
+    model.train()
+    x = torch.rand(32, *shape)
+    for _ in range(3):  # move the batch-norm statistics away from their initial values
+        model(x)
+    model.eval()
+    with torch.no_grad():
+        ref = model(x.double().float()).double().numpy()
+    folded = FloatCnn.from_torch(model)
+    assert not any(s.kind == "bn" for s in folded.stages)
+    np.testing.assert_allclose(folded.forward(x.double().numpy()), ref, atol=1e-4)
+    for layer, stage in zip(weight_layers(model), folded.weight_stages):
+        assert np.array_equal(stage.weight == 0, ~layer.mask.numpy() | (layer.weight.detach().numpy() == 0))
+
+
+def test_conv_is_the_conv_matrix_times_every_input_vector():
+    rng = np.random.default_rng(1)
+    x, w, b = rng.normal(size=(2, 3, 7, 6)), rng.normal(size=(5, 3, 3, 3)), rng.normal(size=5)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), padding=1).numpy()
+    np.testing.assert_allclose(conv2d(x, w, b, 1), ref, atol=1e-12)
+    cols = im2col(x, 3, 1)
+    assert cols.shape == (2, 7 * 6, 27)
+    np.testing.assert_allclose(cols[0] @ conv2d_matrix(w).T + b, ref[0].reshape(5, -1).T, atol=1e-12)
+
+
+def test_every_weight_layer_is_one_prunable_matrix():
+    torch.manual_seed(0)
+    model = Cnn("lenet5", (1, 8, 8), 10)
+    mats = masked_matrices(model)
+    assert [mm.array_matrix().shape for mm in mats] == [(6, 25), (16, 150), (120, 64), (84, 120), (10, 84)]
+    prune_layer(mats[1], 0.75)
+    layer = weight_layers(model)[1]
+    assert int(layer.mask.sum()) == round(0.25 * layer.mask.numel())
+    kept = layer.weight.detach().abs()[layer.mask]
+    assert kept.min() >= layer.weight.detach().abs()[~layer.mask].max()  # the largest weights stay
+
+
+# --- training on the built-in digits, through the LSTM's schedule and the packing stage ----------------
+
+
+def _cfg(*overrides):
+    from ccflow.config import load_config
+
+    return load_config("lenet5", ["train.epochs=4", "train.max_batches=20", "prune.start_epoch=1",
+                                  "prune.ramp_epochs=2", "combine.epochs=[3]", "combine.gamma=0.25", *overrides])
+
+
+def test_training_prunes_combines_and_logs_the_packing_stages_figures(tmp_path):
+    import csv
+
+    from ccflow.checkpoint import load_model
+    from ccflow.pack import float_model, pack_model
+    from ccflow.train import run_training
+
+    cfg = _cfg()
+    run_training(cfg, tmp_path, threads=1)
+    trained = load_model(tmp_path / "model.pt")
+    assert trained.epoch == 4 and set(trained.packings) == {0, 1, 2, 3, 4}
+    for layer in weight_layers(trained.model):
+        assert not layer.weight[~layer.mask].any()  # masked weights are zero
+        assert layer.mask.float().mean() < 0.45  # pruned to 60%, then combine-pruned
+    packed = pack_model(float_model(trained.model), cfg.array, trained.packings)  # the packing fits the weights
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert int(rows[-1]["packed_cells"]) == packed.packed_cells < packed.dense_cells
+    assert int(rows[-1]["nonzero_weights"]) == packed.nnz
+    assert int(rows[2]["packed_cells"]) < int(rows[1]["packed_cells"])  # the combine at epoch 3 packed tighter
+    assert float(rows[-1]["valid_accuracy"]) > 0.5  # it learns (10 classes: chance is 0.1)
+
+
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
+    from ccflow.checkpoint import read_checkpoint
+    from ccflow.train import run_training
+
+    soft = ("combine.soft_epochs=1", "prune.l1=1e-4", "model.dropout=0.2")
+    run_training(_cfg(*soft), tmp_path / "straight", threads=1)
+    run_training(_cfg("train.epochs=2", *soft), tmp_path / "split", threads=1)  # stops after epoch 2
+    assert read_checkpoint(tmp_path / "split" / "checkpoint.pt")["train"]["doomed"] is not None  # mid soft phase
+    run_training(_cfg(*soft), tmp_path / "split", resume=True, threads=1)
+    a, b = (read_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("straight", "split"))
+    assert a["packings"] == b["packings"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    strip = lambda p: [l.rsplit(",", 5)[0].split(",")[:7] for l in p.read_text().splitlines()]  # noqa: E731
+    assert strip(tmp_path / "straight" / "log.csv") == strip(tmp_path / "split" / "log.csv")
+
+
+def test_eval_reports_accuracy_and_refuses_other_images(tmp_path, capsys):
+    from ccflow.cli import main
+    from ccflow.train import run_training
+
+    run_training(_cfg("train.epochs=1", "prune.sparsity=0", "combine.epochs=[]"), tmp_path, threads=1)
+    assert main(["eval", str(tmp_path / "model.pt")]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    cifar = tmp_path / "cifar"
+    cifar.mkdir()
+    rec = np.zeros((2, 3073), dtype=np.uint8)
+    for n in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        (cifar / n).write_bytes(rec.tobytes())
+    assert main(["eval", str(tmp_path / "model.pt"), "--data", str(cifar)]) == 2
+    err = capsys.readouterr().err
+    assert "takes (1, 8, 8) images" in err and len(err.strip().splitlines()) == 1
