@@ -122,11 +122,11 @@ def cmd_prepare_enwik8(args) -> None:
 
 def cmd_combine(args) -> None:
     from .checkpoint import load_model
-    from .pack import FloatModel, PackError, pack_model, row_block
+    from .pack import PackError, float_model, pack_model, row_block
 
     trained = load_model(args.checkpoint)
     cfg = trained.config.replace(args.set or [])
-    model, packings = FloatModel.from_torch(trained.model), trained.packings
+    model, packings = float_model(trained.model), trained.packings
     if args.recombine:  # the final weights combined again with cfg's [combine] and array.alpha, no retraining
         before = pack_model(model, cfg.array, None).nnz
         model, packings = model.combined(cfg.array.alpha, cfg.combine.gamma, row_block(cfg))
@@ -137,8 +137,10 @@ def cmd_combine(args) -> None:
         packed = pack_model(model, cfg.array, packings)
     except PackError as e:
         raise PackError(f"{args.checkpoint}: {e}") from None
+    per = ("per token (decoder included, the same count as `ccflow rtl`)" if cfg.model.arch == "lstm" else
+           "once per image (each packed tile stays in the array while the image's positions stream through)")
     print(f"{cfg.array.rows} x {cfg.array.cols} MX cells, alpha {cfg.array.alpha}; packed cells = cells the array "
-          "executes per token (decoder included, the same count as `ccflow rtl`)")
+          f"executes {per}")
     print("\n".join(packed.lines()))
 
 

@@ -23,7 +23,7 @@ Architectures (``SPECS``), written as stage lists so the layer shapes are data:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -150,6 +150,20 @@ class FloatCnn:
     @classmethod
     def from_torch(cls, model: Cnn) -> "FloatCnn":
         return cls(model.in_shape, model.classes, fold(model))
+
+    def combined(self, alpha: int, gamma: float, row_block: int | None) -> tuple["FloatCnn", dict]:
+        """Column-combine every weight layer and apply the combine-pruning masks (no retraining)."""
+        from .pack import combine_matrix
+
+        packings, stages, k = {}, [], 0
+        for s in self.stages:
+            if s.kind in ("conv", "fc"):
+                p = combine_matrix(s.matrix, s.matrix.shape[1], alpha, gamma, row_block)
+                packings[k] = p
+                k += 1
+                s = replace(s, weight=s.weight * np.asarray(p.mask, dtype=bool).reshape(s.weight.shape))
+            stages.append(s)
+        return FloatCnn(self.in_shape, self.classes, tuple(stages)), packings
 
     @property
     def weight_stages(self) -> list[FloatStage]:

@@ -49,6 +49,9 @@ def build_rtl(checkpoint: str | Path, out_dir: str | Path, overrides=(), streams
     choose_threads(threads)
     out_dir = check_replaceable(out_dir, REPORT)
     trained = load_model(checkpoint)
+    _check(trained.config.model.arch == "lstm",
+           f"{checkpoint} is a {trained.config.model.arch} CNN: ccflow does not generate CNN hardware yet (quantizer, "
+           "golden model and RTL for convolutions are being built); ccflow train, eval and combine take it")
     set_threads(threads, sum(p.numel() for p in trained.model.parameters()))
     cfg: Config = trained.config.replace(overrides)
     design = quantize(FloatModel.from_torch(trained.model), cfg.array, trained.packings)
