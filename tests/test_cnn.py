@@ -141,3 +141,74 @@ def test_eval_reports_accuracy_and_refuses_other_images(tmp_path, capsys):
     assert "conv1: 16 x 150" in out and "once per image" in out
     assert main(["rtl", "--checkpoint", str(tmp_path / "model.pt"), "--out", str(tmp_path / "rtl")]) == 2
     assert "does not generate CNN hardware yet" in capsys.readouterr().err and not (tmp_path / "rtl").exists()
+
+
+# --- fixed point: the integer golden model of the CNN on the MX array ---------------------------------
+
+
+def _float_cnn(arch="lenet5", shape=(1, 8, 8), prune=0.6, seed=0):
+    torch.manual_seed(seed)
+    model = Cnn(arch, shape, 10)
+    for layer in weight_layers(model):
+        layer.mask &= torch.rand(layer.mask.shape) > prune
+    model.train()
+    for _ in range(2):
+        model(torch.rand(16, *shape))
+    model.eval()
+    return FloatCnn.from_torch(model)
+
+
+def _array(**formats):
+    from ccflow.arrayconfig import ArrayConfig, NumberFormats
+
+    return ArrayConfig(rows=8, cols=4, alpha=4, formats=NumberFormats(act_frac=8, **formats))
+
+
+@pytest.mark.parametrize("arch,shape,gamma", [("lenet5", (1, 8, 8), 0.5), ("vgg-small", (3, 8, 8), 0.0)])
+def test_integer_cnn_tracks_the_float_cnn_and_its_tiles_hold_the_packed_weights(arch, shape, gamma):
+    from ccflow.cnn_quantize import CnnGolden, quantize_cnn
+    from ccflow.pack import pack_model
+
+    fm, packings = _float_cnn(arch, shape).combined(4, gamma, 8)
+    array = _array()
+    design = quantize_cnn(fm, array, packings)
+    assert design.packed_cells == pack_model(fm, array, packings).packed_cells < design.dense_cells
+    x = np.random.default_rng(1).random((6, *shape))
+    golden = CnnGolden(design)
+    got = golden.run(x) * 2.0 ** -array.formats.logit_frac
+    ref = fm.forward(x)
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max() + 0.02
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 5 / 6
+    # the tiles hold exactly round(w * 2**e) of every packed weight, each once
+    for m, stage in zip(design.matrices, fm.weight_stages):
+        w = np.zeros((m.n_blocks * array.rows, m.in_size), dtype=np.int64)
+        for t in range(m.tile_start, m.tile_start + m.n_tiles):
+            for c in range(array.cols):
+                block = design.tile_block[t] - m.block_start + (c >= design.tile_split[t])
+                for r in range(array.rows):
+                    if design.tile_weight[t, r, c]:
+                        col = design.tile_addr[t, c, design.tile_sel[t, r, c]]
+                        assert w[block * array.rows + r, col] == 0
+                        w[block * array.rows + r, col] = design.tile_weight[t, r, c]
+        shift = design.block_shift[m.block_start:m.block_start + m.n_blocks].reshape(-1)[: m.rows]
+        out_frac = array.formats.logit_frac if m is design.matrices[-1] else array.formats.act_frac
+        e = shift - array.formats.act_frac + out_frac
+        np.testing.assert_array_equal(w[: m.rows], np.rint(stage.matrix * 2.0 ** e[:, None]))
+
+
+def test_integer_cnn_tile_replay_equals_the_matrix_product_and_saturation_is_counted():
+    from ccflow.cnn_quantize import CnnGolden, quantize_cnn
+
+    fm, packings = _float_cnn(prune=0.3, seed=2).combined(4, 0.25, 8)
+    x = np.random.default_rng(3).random((4, 1, 8, 8)) * 2.0
+    for formats, scale in (({}, 1.0), ({"acc_bits": 24}, 60.0)):  # large pixels on a narrow accumulator saturate
+        design = quantize_cnn(fm, _array(**formats), packings)
+        fast, tiles = CnnGolden(design), CnnGolden(design)
+        tiles.array._dense = {}
+        np.testing.assert_array_equal(fast.run(x * scale), tiles.run(x * scale))
+        assert fast.sat.by_site == tiles.sat.by_site
+        assert ("accumulator" in fast.sat.by_site) == (scale > 1)
+    design = quantize_cnn(fm, _array(act_bits=10, logit_frac=4, lut_frac=4), packings)  # Q1.8: outputs saturate
+    golden = CnnGolden(design)
+    golden.run(x)
+    assert golden.sat.total > 0 and "input" in golden.sat.by_site  # pixels up to 2.0 do not fit Q1.8

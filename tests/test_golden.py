@@ -225,18 +225,19 @@ def test_weight_sections_nest_and_each_takes_its_largest_exponent():
     mats = [np.concatenate([l.w_ih, l.w_hh], 1).reshape(4, l.hidden, -1).transpose(1, 0, 2).reshape(4 * l.hidden, -1)
             for l in model.layers] + [model.embedding]
     biases = [l.bias.reshape(4, l.hidden).T.reshape(-1) for l in model.layers] + [model.decoder_bias]
-    fracs = [12, 12, 8]
+    fracs = [12] * len(model.layers) + [8]
+    gates = [4] * len(model.layers) + [1]
     e = {}
     for s in WEIGHT_SECTIONS:
         array = ArrayConfig(rows=8, cols=4, alpha=4, formats=NumberFormats(weight_section=s))
-        e[s] = row_exponents(mats, biases, fracs, array)
+        e[s] = row_exponents(mats, biases, fracs, gates, array)
     for coarse, fine in zip(WEIGHT_SECTIONS, WEIGHT_SECTIONS[1:]):
         assert all((f >= c).all() for c, f in zip(e[coarse], e[fine])), (coarse, fine)
     array = ArrayConfig(rows=8, cols=4, alpha=4)
     for m, b, f, er in zip(mats, biases, fracs, e["row"]):
         for r in range(m.shape[0]):
             assert er[r] == section_exponent(np.abs(m[r]).max(), abs(b[r]), array, f)
-    assert len(set(e["model"][0].tolist() + e["model"][1].tolist())) == 1  # one exponent, one out format
+    assert len(set(np.concatenate(e["model"][:-1]).tolist())) == 1  # one exponent per output format
     assert e["row"][1].max() > e["model"][1].max()  # the large row no longer sets everyone's scale
     # every section quantizes to the same design shape; only weights, biases and shifts differ
     designs = {s: quantize(model, ArrayConfig(rows=8, cols=4, alpha=4, formats=NumberFormats(weight_section=s)))

@@ -180,9 +180,7 @@ class FloatCnn:
             elif s.kind == "relu":
                 x = np.maximum(x, 0.0)
             elif s.kind == "pool":
-                n, c, h, w = x.shape
-                k = s.size
-                x = x[:, :, : h // k * k, : w // k * k].reshape(n, c, h // k, k, w // k, k).max(axis=(3, 5))
+                x = max_pool(x, s.size)
             else:
                 x = x.reshape(x.shape[0], -1)
         return x
@@ -218,6 +216,12 @@ def fold(model: Cnn) -> tuple[FloatStage, ...]:
         elif not isinstance(m, nn.Dropout):  # dropout is the identity at inference
             raise CnnError(f"cannot fold stage {type(m).__name__}")
     return tuple(out)
+
+
+def max_pool(x: np.ndarray, k: int) -> np.ndarray:
+    """k x k max pooling, stride k, of [N, C, H, W] (a ragged edge is dropped, as in torch)."""
+    n, c, h, w = x.shape
+    return x[:, :, : h // k * k, : w // k * k].reshape(n, c, h // k, k, w // k, k).max(axis=(3, 5))
 
 
 def im2col(x: np.ndarray, k: int, padding: int) -> np.ndarray:

@@ -98,8 +98,25 @@ def column_banks(in_x: int, in_size: int, alpha: int) -> np.ndarray:
     return np.where(j < in_x, j, j - in_x) % alpha
 
 
+class MatrixTotals:
+    """The packing figures of anything holding ``matrices`` (each with packed_cells, dense_cells, nnz):
+    summed here once for the packing stage, the LSTM design and the CNN design."""
+
+    @property
+    def packed_cells(self) -> int:
+        return sum(m.packed_cells for m in self.matrices)
+
+    @property
+    def dense_cells(self) -> int:
+        return sum(m.dense_cells for m in self.matrices)
+
+    @property
+    def nnz(self) -> int:
+        return sum(m.nnz for m in self.matrices)
+
+
 @dataclass(frozen=True)
-class Design:
+class Design(MatrixTotals):
     array: ArrayConfig
     vocab_size: int
     emsize: int
@@ -138,18 +155,6 @@ class Design:
     @property
     def decoder(self) -> MatrixInfo:
         return self.matrices[-1]
-
-    @property
-    def packed_cells(self) -> int:
-        return sum(m.packed_cells for m in self.matrices)
-
-    @property
-    def dense_cells(self) -> int:
-        return sum(m.dense_cells for m in self.matrices)
-
-    @property
-    def nnz(self) -> int:
-        return sum(m.nnz for m in self.matrices)
 
     @property
     def ideal_cycles(self) -> float:

@@ -31,12 +31,17 @@ from .design import Design, MatrixInfo
 from .fixedpoint import SaturationCounter, bounds, round_shift
 
 
-class GoldenModel:
-    def __init__(self, design: Design, batch: int = 1, trace: bool = False) -> None:
-        self.design = design
-        self.batch = batch
-        self.trace_enabled = trace
-        self.sat = SaturationCounter()
+class ArrayModel:
+    """The MX array, its accumulators and the per-row shift, for any design laid out in tiles.
+
+    ``accumulate`` runs one matrix over a batch of input vectors read from ``act`` [B, act_size]
+    (the LSTM: the activation memory of every stream; a CNN: the input vector of every output
+    position); ``requantize`` shifts and saturates the result. The LSTM's :class:`GoldenModel`
+    and the CNN golden model (``ccflow.cnn_quantize``) both execute their matrices here.
+    """
+
+    def __init__(self, design, sat: SaturationCounter) -> None:
+        self.design, self.sat = design, sat
         fmt = design.array.formats
         self._acc_lo, self._acc_hi = bounds(fmt.acc_bits)
         # The act address every cell reads: the group's input picked by the cell's select.
@@ -47,39 +52,11 @@ class GoldenModel:
         self._segments = {m.name: _segments(design, m) for m in design.matrices}
         self._inputs = {m.name: m.column_addresses() for m in design.matrices}
         self._dense = {m.name: _dense_matrix(design, m) for m in design.matrices} if _float_exact(design) else {}
-        self.reset()
 
-    def reset(self) -> None:
-        """Zero the recurrent state, as the hardware's reset does."""
-        d = self.design
-        self.act = np.zeros((self.batch, d.act_size), dtype=np.int64)
-        self.cell = np.zeros((self.batch, d.cell_size), dtype=np.int64)
-        self.sat.reset()
-        self.trace: list[np.ndarray] = []
 
-    def step(self, tokens) -> np.ndarray:
-        """Advance every stream by one token; returns logits [batch, vocab] (int, Q.logit_frac)."""
-        d = self.design
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(self.batch)
-        if tokens.min() < 0 or tokens.max() >= d.vocab_size:
-            raise ValueError(f"token id out of range 0..{d.vocab_size - 1}: {tokens}")
-        self.trace = []
-        self.act[:, : d.emsize] = d.embedding[tokens]
-        for m in d.lstm_layers:
-            z = self._requantize(m, self._accumulate(m))
-            self.act[:, m.out_base: m.out_base + m.hidden] = self._pointwise(m, z)
-        dec = d.decoder
-        return self._requantize(dec, self._accumulate(dec))[:, : dec.rows]
-
-    def run(self, tokens) -> np.ndarray:
-        """Logits for a single stream of tokens: [len(tokens), vocab]."""
-        assert self.batch == 1
-        return np.stack([self.step([t])[0] for t in tokens])
-
-    # --- the array ----------------------------------------------------------
-
-    def _accumulate(self, m: MatrixInfo) -> np.ndarray:
-        """Block accumulators [batch, n_blocks * rows] after all tiles of the matrix.
+    def accumulate(self, m: MatrixInfo, act: np.ndarray, trace: list | None = None) -> np.ndarray:
+        """Block accumulators [batch, n_blocks * rows] after all tiles of the matrix, inputs read from
+        ``act`` [batch, act_size]; with ``trace``, every block's accumulators are appended to it.
 
         Shortcut, exact by construction: when even the sum of |w * x| plus |bias| of
         every row stays inside the accumulator, no running sum can saturate, so the
@@ -89,21 +66,21 @@ class GoldenModel:
         """
         if m.name in self._dense:
             w, w_abs, row_abs, bias, bias_abs = self._dense[m.name]
-            x = self.act[:, self._inputs[m.name]].astype(np.float64)
+            x = act[:, self._inputs[m.name]].astype(np.float64)
             limit = min(-self._acc_lo - 1, self._acc_hi)
             x_max = np.abs(x).max(axis=1, keepdims=True)
             # cheap bound max|x| * sum|w| first; the exact sum of |w x| only when that one fails
             if (x_max * row_abs + bias_abs).max() <= limit or (np.abs(x) @ w_abs + bias_abs).max() <= limit:
                 acc = (x @ w).astype(np.int64) + bias
-                if self.trace_enabled:
-                    self.trace.extend(acc.reshape(self.batch, m.n_blocks, -1).transpose(1, 0, 2))
+                if trace is not None:
+                    trace.extend(acc.reshape(len(act), m.n_blocks, -1).transpose(1, 0, 2))
                 return acc
-        return self._accumulate_tiles(m)
+        return self._accumulate_tiles(m, act, trace)
 
-    def _accumulate_tiles(self, m: MatrixInfo) -> np.ndarray:
+    def _accumulate_tiles(self, m: MatrixInfo, act: np.ndarray, trace: list | None) -> np.ndarray:
         d = self.design
         tiles = slice(m.tile_start, m.tile_start + m.n_tiles)
-        vals = self.act[:, self._cell_addr[tiles]]  # [B, nt, rows, cols]
+        vals = act[:, self._cell_addr[tiles]]  # [B, nt, rows, cols]
         prod = vals * d.tile_weight[tiles]
         sum_a = np.einsum("btrc,tc->btr", prod, self._in_a[tiles])
         sum_b = prod.sum(axis=3) - sum_a
@@ -121,24 +98,70 @@ class GoldenModel:
             acc = partial[:, last]
         else:
             acc = self._accumulate_saturating(contrib, block, bias, first)
-        if self.trace_enabled:
-            self.trace.extend(acc.transpose(1, 0, 2))
-        return acc.reshape(self.batch, -1)
+        if trace is not None:
+            trace.extend(acc.transpose(1, 0, 2))
+        return acc.reshape(len(act), -1)
 
     def _accumulate_saturating(self, contrib, block, bias, first) -> np.ndarray:
         fmt = self.design.array.formats
-        acc = np.zeros((self.batch,) + bias.shape, dtype=np.int64)
+        acc = np.zeros((contrib.shape[0],) + bias.shape, dtype=np.int64)
         for k in range(contrib.shape[1]):
             b = block[k]
             start = bias[b][None] if first[k] else acc[:, b]
             acc[:, b] = self.sat.saturate(start + contrib[:, k], fmt.acc_bits, "accumulator")
         return acc
 
-    def _requantize(self, m: MatrixInfo, acc: np.ndarray) -> np.ndarray:
+    def requantize(self, m: MatrixInfo, acc: np.ndarray, site: str) -> np.ndarray:
+        """The accumulators shifted per row into the output format, saturated (counted at ``site``)."""
         d = self.design
         shift = d.block_shift[m.block_start: m.block_start + m.n_blocks].reshape(-1)
-        site = "logits" if m.kind == "decoder" else "gate input"
         return self.sat.saturate(round_shift(acc, shift), d.array.formats.act_bits, site)
+
+
+class GoldenModel:
+    def __init__(self, design: Design, batch: int = 1, trace: bool = False) -> None:
+        self.design = design
+        self.batch = batch
+        self.trace_enabled = trace
+        self.sat = SaturationCounter()
+        self.array = ArrayModel(design, self.sat)
+        self.reset()
+
+    @property
+    def _dense(self) -> dict:  # the matrix-product shortcut (tests switch it off)
+        return self.array._dense
+
+    @_dense.setter
+    def _dense(self, value: dict) -> None:
+        self.array._dense = value
+
+    def reset(self) -> None:
+        """Zero the recurrent state, as the hardware's reset does."""
+        d = self.design
+        self.act = np.zeros((self.batch, d.act_size), dtype=np.int64)
+        self.cell = np.zeros((self.batch, d.cell_size), dtype=np.int64)
+        self.sat.reset()
+        self.trace: list[np.ndarray] = []
+
+    def step(self, tokens) -> np.ndarray:
+        """Advance every stream by one token; returns logits [batch, vocab] (int, Q.logit_frac)."""
+        d = self.design
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(self.batch)
+        if tokens.min() < 0 or tokens.max() >= d.vocab_size:
+            raise ValueError(f"token id out of range 0..{d.vocab_size - 1}: {tokens}")
+        self.trace = []
+        self.act[:, : d.emsize] = d.embedding[tokens]
+        trace = self.trace if self.trace_enabled else None
+        for m in d.lstm_layers:
+            z = self.array.requantize(m, self.array.accumulate(m, self.act, trace), "gate input")
+            self.act[:, m.out_base: m.out_base + m.hidden] = self._pointwise(m, z)
+        dec = d.decoder
+        return self.array.requantize(dec, self.array.accumulate(dec, self.act, trace), "logits")[:, : dec.rows]
+
+    def run(self, tokens) -> np.ndarray:
+        """Logits for a single stream of tokens: [len(tokens), vocab]."""
+        assert self.batch == 1
+        return np.stack([self.step([t])[0] for t in tokens])
 
     # --- the pointwise unit -------------------------------------------------
 

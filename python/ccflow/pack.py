@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .combine import Packing, check_packing, combine_columns, lstm_matrix, lstm_unmatrix, split_banks
-from .design import column_banks
+from .design import MatrixTotals, column_banks
 
 
 class PackError(ValueError):
@@ -133,22 +133,10 @@ class MatrixPacking:
 
 
 @dataclass(frozen=True)
-class ModelPacking:
+class ModelPacking(MatrixTotals):
     """Every matrix of a model as the array executes it, with the figures everyone reports."""
 
     matrices: tuple[MatrixPacking, ...]
-
-    @property
-    def packed_cells(self) -> int:
-        return sum(m.packed_cells for m in self.matrices)
-
-    @property
-    def dense_cells(self) -> int:
-        return sum(m.dense_cells for m in self.matrices)
-
-    @property
-    def nnz(self) -> int:
-        return sum(m.nnz for m in self.matrices)
 
     @property
     def utilization(self) -> float:

@@ -66,7 +66,8 @@ def quantize(model: FloatModel, array: ArrayConfig,
     biases = [layer.bias.reshape(4, layer.hidden).T.reshape(-1) for layer in model.layers]  # interleaved like rows
     biases.append(model.decoder_bias)
     out_fracs = [fmt.act_frac] * len(model.layers) + [fmt.logit_frac]
-    exponents = row_exponents([mp.matrix for mp in packed.matrices], biases, out_fracs, array)
+    gates = [4] * len(model.layers) + [1]
+    exponents = row_exponents([mp.matrix for mp in packed.matrices], biases, out_fracs, gates, array)
     builder = _TileBuilder(array)
     matrices = []
     for l, (layer, mp) in enumerate(zip(model.layers, packed.matrices)):
@@ -112,12 +113,13 @@ def section_exponent(max_w: float, max_b: float, array: ArrayConfig, out_frac: i
     return max(e, e_min)
 
 
-def row_exponents(matrices: list[np.ndarray], biases: list[np.ndarray], out_fracs: list[int],
+def row_exponents(matrices: list[np.ndarray], biases: list[np.ndarray], out_fracs: list[int], gates: list[int],
                   array: ArrayConfig) -> list[np.ndarray]:
     """Each row's weight exponent, shared by the rows of its section (``formats.weight_section``).
 
-    LSTM matrices interleave their rows unit by unit (i, f, g, o of unit 0, then of unit 1, ...), so
-    a row's gate is its index mod 4; the decoder has no gates (one section per matrix or row block).
+    ``gates``: per matrix, how many gates its rows interleave. LSTM matrices interleave theirs unit
+    by unit (i, f, g, o of unit 0, then of unit 1, ...: 4, a row's gate is its index mod 4); the
+    decoder and a CNN's layers have none (1: a gate section is the whole matrix).
     """
     section = array.formats.weight_section
     if section == "model":  # every row of every matrix: the largest weight and bias anywhere set e
@@ -126,10 +128,10 @@ def row_exponents(matrices: list[np.ndarray], biases: list[np.ndarray], out_frac
         return [np.full(m.shape[0], section_exponent(max_w, max_b, array, f), dtype=np.int64)
                 for m, f in zip(matrices, out_fracs)]
     out = []
-    for i, (matrix, bias, out_frac) in enumerate(zip(matrices, biases, out_fracs)):
+    for matrix, bias, out_frac, n_gates in zip(matrices, biases, out_fracs, gates, strict=True):
         rows = np.arange(matrix.shape[0])
-        gate = rows % 4 if i < len(matrices) - 1 else np.zeros_like(rows)
-        key = {"matrix": np.zeros_like(rows), "gate": gate, "gate_block": rows // array.rows * 4 + gate,
+        gate = rows % n_gates
+        key = {"matrix": np.zeros_like(rows), "gate": gate, "gate_block": rows // array.rows * n_gates + gate,
                "row": rows}[section]
         e = np.zeros(len(rows), dtype=np.int64)
         for k in np.unique(key):

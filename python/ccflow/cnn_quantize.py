@@ -1,0 +1,153 @@
+"""A CNN in fixed point on the MX array, and its integer golden model.
+
+Quantization follows the LSTM's (``ccflow.quantize``) with the same pieces: the packing stage
+decides every matrix's groups (:func:`ccflow.pack.pack_model`), ``quantize.row_exponents``
+gives every row its weight exponent by ``formats.weight_section`` (a CNN has no gates: a gate
+section is the whole matrix), and ``quantize._TileBuilder`` lays the groups into tiles. A
+matrix's columns are its input vector: for a convolution the ``in * k * k`` pixels of one
+output position's receptive field (channel-major, then kernel row, then column:
+``cnn.im2col``), for a Linear the flattened map. Column j is read from input slot
+``j mod alpha``, the bank rule the packing obeyed.
+
+The golden model (:class:`CnnGolden`) executes what the array would, in the paper's dataflow:
+a tile's weights stay in the array while the input vectors of every output position stream
+through it, so each position's accumulator sees the tiles in the same order as an LSTM row
+does, and the tile-by-tile arithmetic is :class:`ccflow.golden.ArrayModel`'s, shared with the
+LSTM. Between the matrices: requantize (per-row shift, saturate to the activation format;
+logits of the last layer in ``logit_frac``), ReLU (max with 0), 2 x 2 max pooling. Pixels enter
+in the activation format: ``round(x * 2**act_frac)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .arrayconfig import ArrayConfig
+from .cnn import FloatCnn, im2col, max_pool
+from .design import MatrixInfo, MatrixTotals
+from .fixedpoint import SaturationCounter
+from .golden import ArrayModel
+from .pack import PackError, pack_model
+from .quantize import QuantizeError, _TileBuilder, row_exponents
+
+
+@dataclass(frozen=True)
+class IntStage:
+    """One stage of the integer network; weight stages name their matrix (an index into ``matrices``)."""
+
+    kind: str  # "conv", "fc", "relu", "pool", "flatten"
+    matrix: int = -1
+    kernel: int = 0
+    padding: int = 0
+    size: int = 0  # pool window
+
+
+@dataclass(frozen=True)
+class CnnDesign(MatrixTotals):
+    """What the quantizer produces for a CNN: tiles and row blocks of every matrix (as ``Design``)
+    plus the stage list that says what happens between them."""
+
+    array: ArrayConfig
+    in_shape: tuple[int, int, int]
+    classes: int
+    act_size: int  # the longest input vector (the array's input buffer)
+    matrices: tuple[MatrixInfo, ...]
+    stages: tuple[IntStage, ...]
+    tile_weight: np.ndarray
+    tile_sel: np.ndarray
+    tile_addr: np.ndarray
+    tile_block: np.ndarray
+    tile_first: np.ndarray
+    tile_last: np.ndarray
+    tile_split: np.ndarray
+    block_bias: np.ndarray
+    block_shift: np.ndarray
+    quant_saturations: int = 0
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.tile_weight.shape[0])
+
+
+
+def quantize_cnn(model: FloatCnn, array: ArrayConfig, packings: dict | None = None) -> CnnDesign:
+    """Lay a (batch-norm folded) CNN out on the array in fixed point; see the module docstring."""
+    fmt = array.formats
+    sat = SaturationCounter()
+    try:
+        packed = pack_model(model, array, packings)
+    except PackError as e:
+        raise QuantizeError(str(e)) from None
+    weights = model.weight_stages
+    n = len(weights)
+    out_fracs = [fmt.act_frac] * (n - 1) + [fmt.logit_frac]
+    exponents = row_exponents([mp.matrix for mp in packed.matrices], [s.bias for s in weights], out_fracs, [1] * n,
+                              array)
+    builder = _TileBuilder(array)
+    matrices = [builder.add(mp, s.bias, e, f, sat, in_base=0, hidden=0, out_base=-1, cell_base=-1)
+                for mp, s, e, f in zip(packed.matrices, weights, exponents, out_fracs)]
+    stages, k = [], 0
+    for s in model.stages:
+        if s.kind in ("conv", "fc"):
+            stages.append(IntStage(s.kind, matrix=k, kernel=s.weight.shape[-1] if s.kind == "conv" else 0,
+                                   padding=s.padding))
+            k += 1
+        else:
+            stages.append(IntStage(s.kind, size=s.size))
+    act_size = max(max(m.in_size for m in matrices), array.alpha)  # an unused input slot reads address < alpha
+    return CnnDesign(array=array, in_shape=tuple(model.in_shape), classes=model.classes, act_size=act_size,
+                     matrices=tuple(matrices), stages=tuple(stages), quant_saturations=sat.total, **builder.arrays())
+
+
+class CnnGolden:
+    """The integer CNN, as the array computes it; vectorised over a batch of images."""
+
+    def __init__(self, design: CnnDesign) -> None:
+        self.design = design
+        self.sat = SaturationCounter()
+        self.array = ArrayModel(design, self.sat)
+
+    def input(self, images: np.ndarray) -> np.ndarray:
+        """Pixels [N, C, H, W] in [0, 1] -> the activation format."""
+        fmt = self.design.array.formats
+        return self.sat.saturate(np.rint(np.asarray(images, np.float64) * 2.0 ** fmt.act_frac).astype(np.int64),
+                                 fmt.act_bits, "input")
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Logits [N, classes] (int, Q.logit_frac) of a batch of images."""
+        d = self.design
+        x = self.input(images)
+        for st in d.stages:
+            if st.kind == "conv":
+                n, _, h, w = x.shape
+                vectors = im2col(x, st.kernel, st.padding)  # [N, positions, in * k * k]
+                m = d.matrices[st.matrix]
+                y = self._matrix(m, vectors.reshape(-1, vectors.shape[-1]), "conv output")
+                ho, wo = h + 2 * st.padding - st.kernel + 1, w + 2 * st.padding - st.kernel + 1
+                x = y.reshape(n, ho * wo, m.rows).transpose(0, 2, 1).reshape(n, m.rows, ho, wo)
+            elif st.kind == "fc":
+                m = d.matrices[st.matrix]
+                x = self._matrix(m, x, "logits" if st.matrix == len(d.matrices) - 1 else "fc output")
+            elif st.kind == "relu":
+                x = np.maximum(x, 0)
+            elif st.kind == "pool":
+                x = max_pool(x, st.size)
+            else:
+                x = x.reshape(x.shape[0], -1)
+        return x
+
+    def _matrix(self, m: MatrixInfo, vectors: np.ndarray, site: str) -> np.ndarray:
+        act = np.zeros((len(vectors), self.design.act_size), dtype=np.int64)
+        act[:, : vectors.shape[1]] = vectors
+        return self.array.requantize(m, self.array.accumulate(m, act), site)[:, : m.rows]
+
+
+def fixed_point_accuracy(design: CnnDesign, images: np.ndarray, labels: np.ndarray, batch: int = 64) -> float:
+    """Accuracy of the integer model on (images, labels); ties in the logits go to the lowest class."""
+    golden = CnnGolden(design)
+    right = 0
+    for i in range(0, len(labels), batch):
+        right += int((golden.run(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
+    return right / len(labels)
