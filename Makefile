@@ -22,7 +22,7 @@ GEN_SOURCES := $(wildcard rtl_templates/* hls/*) $(addprefix python/ccflow/,arra
                fixedpoint.py quantize.py golden.py generate.py hls.py flow.py)
 
 .PHONY: all help setup train rtl sim sim-all hls summary test test-fast bench bench-combine bench-train \
-        plots experiments quant-study lint clean fpga bench-fpga bench-contention
+        plots experiments quant-study cnn-experiments lint clean fpga bench-fpga bench-contention
 
 all: sim-all hls summary ## the whole flow on CONFIG (default tiny): train, rtl, both simulators, HLS check, summary
 
@@ -95,6 +95,9 @@ bench-fpga: $(REPORT) ## FPGA targets on BUILD/rtl: synthesis time/memory, Fmax,
 
 experiments: $(SETUP) ## the BPC-vs-array-cells frontier on ptbc-small (small preset) -> docs/results.md
 	$(PY) bench/experiments.py
+
+cnn-experiments: $(SETUP) ## CNNs in the paper's shape (LeNet-5, vgg-small on digits) -> docs/cnn_results.md
+	$(PY) bench/cnn_experiments.py
 
 QUANT_MODEL ?= build/experiments/cpcc-0.5/model.pt
 quant-study: $(SETUP) ## weight sections x weight/activation bits, fixed-point BPC of QUANT_MODEL -> docs/quantization.md
