@@ -98,11 +98,11 @@ FAMILY_COLORS = {"dense": "black", "pruning only": "tab:gray", "bank-balanced": 
                  "methods": "tab:blue"}
 
 
-def command(name: str, out: Path) -> list[str]:
+def command(name: str, out: Path, corpus: str = "ptbc-small") -> list[str]:
     run = RUNS[name]
     cmd = ["python", "-m", "ccflow", "train", "--config", "small", "--out", str(out), "--epochs", str(EPOCHS),
            "--threads", "1"]
-    sets = [*BUDGET, *run.overrides]
+    sets = [*BUDGET, *run.overrides] + ([f"data.corpus={corpus}"] if corpus != "ptbc-small" else [])
     if run.teacher:
         sets.append(f'train.distill="{out.parent / run.teacher / "model.pt"}"')
     for o in sets:
@@ -110,8 +110,8 @@ def command(name: str, out: Path) -> list[str]:
     return cmd
 
 
-def train(name: str, out: Path) -> None:
-    cmd = command(name, out)
+def train(name: str, out: Path, corpus: str) -> None:
+    cmd = command(name, out, corpus)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "python"))
     with open(out.parent / f"{out.name}.log", "a") as log:
         log.write(shlex.join(cmd) + "\n")
@@ -120,7 +120,7 @@ def train(name: str, out: Path) -> None:
                        env=env, cwd=REPO)
 
 
-def measure(name: str, out: Path) -> dict:
+def measure(name: str, out: Path, corpus: str) -> dict:
     """The record of a finished run: BPC float and fixed point, the packing stage's figures."""
     import torch
 
@@ -155,7 +155,7 @@ def measure(name: str, out: Path) -> dict:
                 nonzero_weights=packed.nnz, valid_bpc=round(trained.valid_bpc, 5), model_epoch=trained.epoch,
                 epochs=cfg.train.epochs, width=cfg.model.nhid, train_cpu_s=round(seconds),
                 array=f"{cfg.array.rows}x{cfg.array.cols}, alpha {cfg.array.alpha}", tiles=design.n_tiles,
-                command=shlex.join(command(name, Path("runs") / name)))
+                corpus=corpus, command=shlex.join(command(name, Path("runs") / name, corpus)))
 
 
 def pareto(records: list[dict]) -> set[str]:
@@ -191,15 +191,20 @@ def plot(records: list[dict], img: Path) -> Path:
                         textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("packed array cells per token (every matrix, decoder included; bank-balanced: nonzeros)")
-    ax.set_ylabel("test BPC (ptbc-small, float)")
+    ax.set_ylabel(f"test BPC ({_corpus(records)}, float)")
     ax.set_title(f"small preset, {EPOCHS} epochs each: test BPC against array cells")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = img / "bpc_vs_packed_cells.png"
+    corpus = _corpus(records)
+    path = img / ("bpc_vs_packed_cells.png" if corpus == "ptbc-small" else f"bpc_vs_packed_cells-{Path(corpus).parent.name or corpus}.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _corpus(records: list[dict]) -> str:
+    return records[0].get("corpus", "ptbc-small") if records else "ptbc-small"
 
 
 def report(records: list[dict], doc: Path, image: Path) -> None:
@@ -208,13 +213,17 @@ def report(records: list[dict], doc: Path, image: Path) -> None:
     order = {f: i for i, f in enumerate(FAMILY_COLORS)}
     records = sorted(records, key=lambda r: (order.get(r["family"], 99), -r["packed_cells"], r["name"]))
     cpu = sum(r["train_cpu_s"] for r in records)
+    corpus = _corpus(records)
+    about = ("ptbc-small trains on 90% of PTB-char's *validation* text (354k characters): these BPC are "
+             "comparable with each other only, not with published PTB-char results." if corpus == "ptbc-small"
+             else "")
     lines = [
-        "# The BPC-versus-array-cells frontier (`make experiments`)",
+        f"# The BPC-versus-array-cells frontier on {corpus} (`make experiments`)",
         "",
-        f"Same budget for every run: the `small` preset on `ptbc-small`, {EPOCHS} epochs, lr divided by 10",
-        "after epochs 32 and 37, one thread per run. ptbc-small trains on 90% of PTB-char's *validation*",
-        "text (354k characters): these BPC are comparable with each other only, not with published PTB-char",
-        "results. Every record, with the command that made it, is in [results.json](results.json).",
+        f"Same budget for every run: the `small` preset on `{corpus}`, {EPOCHS} epochs, lr divided by 10",
+        f"after epochs 32 and 37, one thread per run. {about}",
+        f"Every record, with the command that made it, is in [{doc.with_suffix('.json').name}]"
+        f"({doc.with_suffix('.json').name}).",
         "",
         f"{len(records)} runs, {cpu / 3600:.1f} CPU hours of training (one thread each, two at a time on",
         "a 2-core machine). **Bold**: on the Pareto front (no run has fewer cells *and* lower BPC).",
@@ -251,6 +260,9 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated run names (default: all; --list shows them)")
     ap.add_argument("--jobs", type=int, default=2, help="runs trained at the same time, one thread each")
     ap.add_argument("--out", default=str(REPO / "build" / "experiments"), help="run folders")
+    ap.add_argument("--corpus", default="ptbc-small",
+                    help="another corpus for the same runs (e.g. ../shared/data/tinyshakespeare/input.txt); "
+                         "give it its own --json, --doc and --out")
     ap.add_argument("--json", default=str(REPO / "docs" / "results.json"), help="the records, merged by name")
     ap.add_argument("--doc", default=str(REPO / "docs" / "results.md"))
     ap.add_argument("--report", action="store_true", help="only rewrite the table and plot from --json")
@@ -283,8 +295,8 @@ def main() -> None:
         def run(n: str, teacher) -> None:
             if teacher:
                 teacher.result()
-            train(n, runs_dir / n)
-            record = measure(n, runs_dir / n)  # recorded as soon as trained: a sweep cut short keeps its runs
+            train(n, runs_dir / n, args.corpus)
+            record = measure(n, runs_dir / n, args.corpus)  # recorded as soon as trained: a sweep cut short keeps its runs
             with lock:
                 store.write_text(json.dumps(list((stored() | {n: record}).values()), indent=1) + "\n")
                 print(f"recorded {n} ({time.time() - t0:.0f} s so far): {json.dumps(record)}", flush=True)
