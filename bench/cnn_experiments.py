@@ -78,7 +78,12 @@ def report(records: list[dict], doc: Path) -> None:
              "the end of the ramp instead of ten. *Tiles* are the array loads of 16 x 8 cells per image (each stays",
              "while every output position streams through); *of dense* compares them with the dense run's.",
              "*Fixed point*: the integer golden model (8-bit weights, Q7.8 activations) that the hardware computes.",
-             "Records with commands: [cnn_results.json](cnn_results.json).", ""]
+             f"Records with commands: [{doc.with_suffix('.json').name}]({doc.with_suffix('.json').name}).", "",
+             "With the data sets at hand (not here: no download on this machine), the same table for MNIST and",
+             "CIFAR-10 (binary distribution):", "",
+             "    python bench/cnn_experiments.py --arch lenet5 --data ~/mnist --json docs/cnn_mnist.json --doc docs/cnn_mnist.md",
+             "    python bench/cnn_experiments.py --arch vgg-small --data ~/cifar-10-batches-bin --json docs/cnn_cifar.json \\",
+             "        --doc docs/cnn_cifar.md", ""]
     for arch in dict.fromkeys(r["arch"] for r in records):
         rs = [r for r in records if r["arch"] == arch]
         dense = next((r for r in rs if r["run"] == "dense"), None)
@@ -104,10 +109,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "build" / "cnn-experiments"), help="run folders")
     ap.add_argument("--json", default=str(REPO / "docs" / "cnn_results.json"))
     ap.add_argument("--doc", default=str(REPO / "docs" / "cnn_results.md"))
+    ap.add_argument("--report", action="store_true", help="only rewrite --doc from --json")
     args = ap.parse_args()
     store = Path(args.json)
     records = {r["name"]: r for r in json.loads(store.read_text())} if store.is_file() else {}
-    for arch in args.arch.split(","):
+    for arch in ([] if args.report else args.arch.split(",")):
         for name in args.runs.split(","):
             r = run(arch, name, args.data, args.epochs, Path(args.out))
             print(json.dumps(r), flush=True)
