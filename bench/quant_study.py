@@ -13,8 +13,8 @@ parts) and one table in ``docs/quantization.md``.
 
 Activation formats keep three integer bits (Q3.(bits-4)) for the embedding, h and the gate
 inputs; the cell state has 8 more bits; logits keep Q7.(bits-8) but at least 2 fraction bits;
-the LUT index keeps up to 7 fraction bits. 16-bit activations and 8-bit weights in gate_block
-sections are the toolkit's defaults before this study.
+the LUT index keeps up to 7 fraction bits. 16-bit activations and 8-bit weights were the
+toolkit's defaults before this study, with gate_block sections (row since).
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def report(points: list[dict], doc: Path) -> None:
     cpu = sum(p["cpu_s"] for p in points)
     lines = ["# Quantization by section (`make quant-study`)", "",
              f"Fixed-point test BPC (integer golden model = the RTL, bit for bit; whole test split, {STREAMS} streams)",
-             f"of {', '.join(f'`{m}`' for m in models)}, for each weight section and weight/activation width.",
+             f"of {', '.join(f'`{Path(m).parent.name}`' for m in models)} (the frontier run of that name, "
+             "docs/results.json), for each weight section and weight/activation width.",
              f"{len(points)} points, {cpu / 60:.0f} CPU minutes. Saturated weights/biases at quantization time in",
              "parentheses where there were any. Points are in [quant_study.json](quant_study.json).", "",
              "| weight section | " + " | ".join(f"w{w} a{a}" for w, a in combos) + " |",

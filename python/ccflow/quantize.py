@@ -10,7 +10,7 @@ shifts every row by its own amount, so any section that is a set of whole rows
 costs the hardware nothing. ``formats.weight_section`` says which rows share
 one exponent (:func:`row_exponents`): the whole model, a matrix, a gate of a
 matrix, a gate of one row block (the array height), or a single row; the study
-in docs/results.md measured them.
+in docs/quantization.md measured them (per row is the default).
 
 ``e`` is the largest exponent at which the section's weights fit the weight
 format and its biases fit a quarter of the accumulator (headroom for the sum),
