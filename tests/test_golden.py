@@ -159,8 +159,8 @@ def test_matrix_product_shortcut_equals_the_tile_replay(rows, cols, alpha, gamma
     model, packings = random_model(rng, vocab=21, hidden=(20, 12), sparsity=0.5).combined(alpha, gamma, rows)
     design = quantize(model, ArrayConfig(rows=rows, cols=cols, alpha=alpha), packings)
     fast, tiles = GoldenModel(design, batch=2, trace=True), GoldenModel(design, batch=2, trace=True)
-    assert fast._dense
-    tiles._dense = {}  # replay every tile
+    assert fast.array._dense
+    tiles.array._dense = {}  # replay every tile
     for t in rng.integers(0, 21, (15, 2)):
         np.testing.assert_array_equal(fast.step(t), tiles.step(t))
         for a, b in zip(fast.trace, tiles.trace, strict=True):

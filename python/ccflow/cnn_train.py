@@ -36,11 +36,10 @@ from .prune import (apply_schedule, dense_cells, doomed_weights, enforce_masks, 
                     live_mask_entries, mask_optimizer_state, nonzero_weights, packing_stats, shrink_doomed,
                     soft_phase_starts)
 from .runtime import choose_threads, resolve_device, set_threads
-from .train import _fmt, open_log, read_resume
+from .train import LN2, _fmt, open_log, read_resume
 
 LOG_COLUMNS = ("kind", "epoch", "step", "train_bits", "valid_bits", "valid_accuracy", "lr", "ms_per_batch",
                "images_per_s", "nonzero_weights", "sparsity", "packed_cells", "utilization", "elapsed_s")
-LN2 = math.log(2)
 
 
 def build_cnn(cfg: Config, images: ImageSet | None = None, in_shape=None, classes: int | None = None) -> Cnn:

@@ -127,14 +127,6 @@ class GoldenModel:
         self.array = ArrayModel(design, self.sat)
         self.reset()
 
-    @property
-    def _dense(self) -> dict:  # the matrix-product shortcut (tests switch it off)
-        return self.array._dense
-
-    @_dense.setter
-    def _dense(self, value: dict) -> None:
-        self.array._dense = value
-
     def reset(self) -> None:
         """Zero the recurrent state, as the hardware's reset does."""
         d = self.design

@@ -51,12 +51,18 @@ class MaskedMatrix:
     def mask(self) -> torch.Tensor:
         return torch.cat([m.reshape(m.shape[0], -1) for _, m in self.pairs], dim=1)
 
-    def set_mask(self, new: torch.Tensor) -> None:
-        start = 0
-        for _, m in self.pairs:
-            width = m[0].numel()
-            m.copy_(new[:, start:start + width].reshape(m.shape))
+    def pieces(self, matrix: torch.Tensor) -> list[torch.Tensor]:
+        """A matrix in this column layout cut back into one tensor per piece, shaped like its weight."""
+        out, start = [], 0
+        for p, _ in self.pairs:
+            width = p[0].numel()
+            out.append(matrix[:, start:start + width].reshape(p.shape).contiguous())
             start += width
+        return out
+
+    def set_mask(self, new: torch.Tensor) -> None:
+        for (_, m), piece in zip(self.pairs, self.pieces(new)):
+            m.copy_(piece)
 
     def array_matrix(self) -> np.ndarray:
         """The masked weights in the array's row order, float32 numpy."""
@@ -265,13 +271,7 @@ def doomed_weights(model: torch.nn.Module, cfg: Config) -> list[tuple[torch.Tens
     trial combine (the same decision as :func:`combine_model`) whose masks are returned, not applied."""
     out = []
     for mm in masked_matrices(model):
-        doomed = mm.mask() & ~mm.from_array(_combine(mm, cfg).mask)
-        pieces, start = [], 0
-        for _, m in mm.pairs:
-            width = m[0].numel()
-            pieces.append(doomed[:, start:start + width].reshape(m.shape).contiguous())
-            start += width
-        out.append(tuple(pieces))
+        out.append(tuple(mm.pieces(mm.mask() & ~mm.from_array(_combine(mm, cfg).mask))))
     return out
 
 
