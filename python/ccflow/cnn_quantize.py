@@ -20,7 +20,9 @@ in the activation format: ``round(x * 2**act_frac)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -45,6 +47,89 @@ class IntStage:
 
 
 @dataclass(frozen=True)
+class CnnLayer:
+    """One weight layer as the hardware runs it: the map it reads, the positions it streams, what
+    follows it (ReLU, 2 x 2 pooling) and the map it writes. A Linear layer is a 1 x 1 "convolution"
+    over the flattened map (``cin`` = its inputs, one position), which the map's channel-major
+    address order already is."""
+
+    kind: str  # "conv" or "fc"
+    matrix: int
+    cin: int
+    hin: int
+    win: int
+    kernel: int
+    padding: int
+    ho: int  # output positions ho x wo (before pooling)
+    wo: int
+    relu: bool
+    pool: int  # 1 (none) or the pooling window
+    last: bool  # the logits
+
+    @property
+    def positions(self) -> int:
+        return self.ho * self.wo
+
+    @property
+    def in_words(self) -> int:
+        return self.cin * self.hin * self.win
+
+    @property
+    def hp(self) -> int:
+        return self.ho // self.pool
+
+    @property
+    def wp(self) -> int:
+        return self.wo // self.pool
+
+    def out_words(self, rows: int) -> int:
+        return rows * self.hp * self.wp
+
+    def tap(self, j: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Matrix column j of the layer as (dy, dx, offset): output position (oy, ox) reads pixel
+        (oy + dy, ox + dx) of channel j // k^2, at map address oy * win + ox + offset, or zero
+        outside the map (padding)."""
+        k = self.kernel
+        if self.kind == "fc":
+            return np.zeros_like(j), np.zeros_like(j), j
+        ci, ky, kx = j // (k * k), j // k % k, j % k
+        dy, dx = ky - self.padding, kx - self.padding
+        return dy, dx, ci * self.hin * self.win + dy * self.win + dx
+
+
+def cnn_layers(in_shape, stages, matrices) -> tuple[CnnLayer, ...]:
+    """The weight layers' geometry, walking the stage list from the input shape. Refuses what the
+    hardware does not run: a stage other than ReLU or 2 x 2 pooling between weight layers, pooling
+    before the ReLU, a ragged pooling edge."""
+    c, h, w = in_shape
+    layers: list[dict] = []
+    for st in stages:
+        if st.kind == "conv":
+            k, pad = st.kernel, st.padding
+            ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+            layers.append(dict(kind="conv", matrix=st.matrix, cin=c, hin=h, win=w, kernel=k, padding=pad, ho=ho,
+                               wo=wo, relu=False, pool=1, last=False))
+            c, h, w = matrices[st.matrix].rows, ho, wo
+        elif st.kind == "fc":
+            layers.append(dict(kind="fc", matrix=st.matrix, cin=c * h * w, hin=1, win=1, kernel=1, padding=0, ho=1,
+                               wo=1, relu=False, pool=1, last=False))
+            c, h, w = matrices[st.matrix].rows, 1, 1
+        elif st.kind == "relu":
+            if not layers or layers[-1]["pool"] != 1:
+                raise QuantizeError("the CNN hardware runs ReLU right after a weight layer, before pooling")
+            layers[-1]["relu"] = True
+        elif st.kind == "pool":
+            if not layers or layers[-1]["pool"] != 1 or st.size != 2 or h % 2 or w % 2:
+                raise QuantizeError(f"the CNN hardware pools 2 x 2 once after a weight layer on an even map; "
+                                    f"got a {st.size} x {st.size} pool of a {h} x {w} map")
+            layers[-1]["pool"] = 2
+            h, w = h // 2, w // 2
+        # flatten: the map's channel-major order already is the flattened vector
+    layers[-1]["last"] = True
+    return tuple(CnnLayer(**d) for d in layers)
+
+
+@dataclass(frozen=True)
 class CnnDesign(MatrixTotals):
     """What the quantizer produces for a CNN: tiles and row blocks of every matrix (as ``Design``)
     plus the stage list that says what happens between them."""
@@ -66,9 +151,48 @@ class CnnDesign(MatrixTotals):
     block_shift: np.ndarray
     quant_saturations: int = 0
 
+    _ARRAYS = ("tile_weight", "tile_sel", "tile_addr", "tile_block", "tile_first", "tile_last", "tile_split",
+               "block_bias", "block_shift")
+
     @property
     def n_tiles(self) -> int:
         return int(self.tile_weight.shape[0])
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.block_bias.shape[0])
+
+    @property
+    def layers(self) -> tuple[CnnLayer, ...]:
+        return cnn_layers(self.in_shape, self.stages, self.matrices)
+
+    def save(self, directory: str | Path) -> None:
+        """``array_config.json`` + ``design.npz`` (``"kind": "cnn"`` in its meta), as ``Design.save``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.array.save(directory / "array_config.json")
+        meta = {"kind": "cnn", "in_shape": list(self.in_shape), "classes": self.classes, "act_size": self.act_size,
+                "quant_saturations": self.quant_saturations, "matrices": [asdict(m) for m in self.matrices],
+                "stages": [asdict(s) for s in self.stages]}
+        np.savez(directory / "design.npz", meta=np.array(json.dumps(meta)),
+                 **{k: getattr(self, k) for k in self._ARRAYS})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "CnnDesign":
+        directory = Path(directory)
+        for f in ("array_config.json", "design.npz"):
+            if not (directory / f).is_file():
+                raise FileNotFoundError(f"{directory / f} is missing; run `make rtl` (ccflow rtl) first")
+        array = ArrayConfig.load(directory / "array_config.json")
+        with np.load(directory / "design.npz", allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k] for k in cls._ARRAYS}
+        if meta.pop("kind", None) != "cnn":
+            raise ValueError(f"{directory / 'design.npz'} holds an LSTM design, not a CNN")
+        matrices = tuple(MatrixInfo(**m) for m in meta.pop("matrices"))
+        stages = tuple(IntStage(**s) for s in meta.pop("stages"))
+        return cls(array=array, in_shape=tuple(meta.pop("in_shape")), matrices=matrices, stages=stages, **meta,
+                   **arrays)
 
 
 
@@ -97,6 +221,7 @@ def quantize_cnn(model: FloatCnn, array: ArrayConfig, packings: dict | None = No
         else:
             stages.append(IntStage(s.kind, size=s.size))
     act_size = max(max(m.in_size for m in matrices), array.alpha)  # an unused input slot reads address < alpha
+    cnn_layers(model.in_shape, stages, matrices)  # refuses a network the hardware cannot run
     return CnnDesign(array=array, in_shape=tuple(model.in_shape), classes=model.classes, act_size=act_size,
                      matrices=tuple(matrices), stages=tuple(stages), quant_saturations=sat.total, **builder.arrays())
 

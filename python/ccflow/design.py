@@ -98,6 +98,15 @@ def column_banks(in_x: int, in_size: int, alpha: int) -> np.ndarray:
     return np.where(j < in_x, j, j - in_x) % alpha
 
 
+def design_kind(directory: str | Path) -> str:
+    """"cnn" or "lstm": which design an rtl folder's ``design.npz`` holds (what ``ccflow rtl`` wrote)."""
+    path = Path(directory) / "design.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run `make rtl` (ccflow rtl) first")
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"])).get("kind", "lstm")
+
+
 class MatrixTotals:
     """The packing figures of anything holding ``matrices`` (each with packed_cells, dense_cells, nnz):
     summed here once for the packing stage, the LSTM design and the CNN design."""
@@ -180,6 +189,9 @@ class Design(MatrixTotals):
         array = ArrayConfig.load(directory / "array_config.json")
         with np.load(directory / "design.npz", allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
+            if meta.get("kind") == "cnn":
+                raise ValueError(f"{directory / 'design.npz'} holds a CNN design; load it with "
+                                 "ccflow.cnn_quantize.CnnDesign.load")
             arrays = {k: z[k] for k in cls._ARRAYS}
         matrices = tuple(MatrixInfo(**m) for m in meta.pop("matrices"))
         return cls(array=array, matrices=matrices, **meta, **arrays)
