@@ -53,7 +53,8 @@ def cmd_rtl(args) -> None:
     from .flow import build_rtl, summary
 
     build_rtl(args.checkpoint, args.out, overrides=args.set or [], streams=args.streams,
-              stimulus_tokens=args.tokens, score=not args.no_score, threads=args.threads)
+              stimulus_tokens=args.tokens, score=not args.no_score, threads=args.threads,
+              stimulus_images=args.images)
     print(summary(args.out))
 
 
@@ -62,6 +63,10 @@ def cmd_sim(args) -> None:
 
     for sim in args.sim:
         r = simulate(args.rtl, sim=sim, tokens=args.tokens)
+        if "images_checked" in r:
+            print(f"{sim}: bit-exact on {r['images_checked']} images, {r['cycles_per_image']:.0f} cycles per image, "
+                  f"latency {r['latency']:.0f} cycles")
+            continue
         print(f"{sim}: bit-exact on {r['tokens_checked']} tokens, {_interval_text(r)}, "
               f"latency {r['cycles_per_token']:.0f} cycles")
 
@@ -202,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint", required=True)
     r.add_argument("--out", required=True, help="rtl output folder")
     r.add_argument("--tokens", type=int, default=64, help="held-out test tokens to store as simulation stimulus")
+    r.add_argument("--images", type=int, default=8, help="a CNN's test images to store as simulation stimulus")
     r.add_argument("--streams", type=int, default=16, help="parallel streams for scoring BPC")
-    r.add_argument("--no-score", action="store_true", help="skip the float/fixed BPC evaluation")
+    r.add_argument("--no-score", action="store_true", help="skip the float/fixed BPC (CNN: accuracy) evaluation")
     r.add_argument("--threads", type=int, help=THREADS_HELP)
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override e.g. array.cols=16")
     r.set_defaults(func=cmd_rtl)
@@ -211,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sim", help="cocotb regression of the generated top against the golden model")
     s.add_argument("--rtl", required=True)
     s.add_argument("--sim", nargs="+", default=["icarus"], choices=["icarus", "verilator"])
-    s.add_argument("--tokens", type=int, help="simulate only the first N stimulus tokens")
+    s.add_argument("--tokens", type=int, help="simulate only the first N stimulus tokens (CNN: images)")
     s.set_defaults(func=cmd_sim)
 
     h = sub.add_parser("hls", help="compile the HLS C++ with g++ and compare with the golden model")

@@ -25,7 +25,8 @@ class FlowError(ValueError):
 
 
 def build_rtl(checkpoint: str | Path, out_dir: str | Path, overrides=(), streams: int = 16,
-              stimulus_tokens: int = 64, score: bool = True, threads: int | None = None) -> dict:
+              stimulus_tokens: int = 64, score: bool = True, threads: int | None = None,
+              stimulus_images: int = 8) -> dict:
     """Quantize a trained model, render Verilog + HLS + ROMs, pick the held-out stimulus, score BPC.
 
     Everything is checked and computed before ``out_dir`` is touched; the folder is then replaced whole.
@@ -49,9 +50,8 @@ def build_rtl(checkpoint: str | Path, out_dir: str | Path, overrides=(), streams
     choose_threads(threads)
     out_dir = check_replaceable(out_dir, REPORT)
     trained = load_model(checkpoint)
-    _check(trained.config.model.arch == "lstm",
-           f"{checkpoint} is a {trained.config.model.arch} CNN: ccflow does not generate CNN hardware yet (quantizer, "
-           "golden model and RTL for convolutions are being built); ccflow train, eval and combine take it")
+    if trained.config.model.arch != "lstm":
+        return _build_cnn_rtl(trained, checkpoint, out_dir, overrides, stimulus_images, score, threads)
     set_threads(threads, sum(p.numel() for p in trained.model.parameters()))
     cfg: Config = trained.config.replace(overrides)
     design = quantize(FloatModel.from_torch(trained.model), cfg.array, trained.packings)
@@ -85,11 +85,91 @@ def build_rtl(checkpoint: str | Path, out_dir: str | Path, overrides=(), streams
     return report
 
 
+def _build_cnn_rtl(trained, checkpoint, out_dir: Path, overrides, stimulus_images: int, score: bool,
+                   threads: int | None) -> dict:
+    """build_rtl for a CNN: quantize, render the CNN RTL, keep test images as the stimulus, score accuracy."""
+    import numpy as np
+    import torch
+
+    from .cnn import FloatCnn
+    from .cnn_generate import render_cnn_rtl
+    from .cnn_quantize import fixed_point_accuracy, quantize_cnn
+    from .cnn_train import evaluate_images
+    from .images import ImageError, load_images
+    from .outdir import staged_dir
+    from .quantize import QuantizeError
+    from .runtime import set_threads
+
+    _check(stimulus_images >= 1, f"--images {stimulus_images}: the stimulus needs at least 1 image; give a positive "
+           "count (default 8)")
+    set_threads(threads, sum(p.numel() for p in trained.model.parameters()))
+    cfg: Config = trained.config.replace(overrides)
+    try:
+        design = quantize_cnn(FloatCnn.from_torch(trained.model), cfg.array, trained.packings)
+        images = load_images(cfg.data.corpus)
+    except (QuantizeError, ImageError) as e:
+        raise FlowError(str(e)) from None
+    _check(images.shape == tuple(trained.model.in_shape) and images.classes == trained.model.classes,
+           f"{checkpoint}: the model takes {tuple(trained.model.in_shape)} images of {trained.model.classes} classes, "
+           f"{images.name} has {images.shape} of {images.classes}; use the data it was trained on")
+    n = min(stimulus_images, len(images.test_y))
+    report = {
+        "kind": "cnn", "config": cfg.name, "data": images.name, "checkpoint": str(checkpoint),
+        "classes": images.classes, "image_shape": list(images.shape),
+        "array": f"{cfg.array.rows} x {cfg.array.cols} MX cells, alpha {cfg.array.alpha}",
+        "tiles": design.n_tiles, "dense_tiles": _dense_tiles(design), "dense_cells": design.dense_cells,
+        "packed_cells": design.packed_cells, "nnz": design.nnz, "utilization": design.nnz / design.packed_cells,
+        "quant_saturations": design.quant_saturations, "matrices": [asdict(m) for m in design.matrices],
+        "sims": {}, "hls": None,
+    }
+    if score:
+        with torch.no_grad():
+            _, float_acc = evaluate_images(trained.model, images.test_x, images.test_y)
+        report.update(float_accuracy=float_acc,
+                      fixed_accuracy=fixed_point_accuracy(design, images.test_x, images.test_y),
+                      test_images=len(images.test_y))
+    stimulus = {"split": "test", "images": np.asarray(images.test_x[:n], dtype=np.float64).tolist(),
+                "labels": [int(y) for y in images.test_y[:n]]}
+    with staged_dir(out_dir, REPORT, keep=("sim", "fpga", "fpga_report.json")) as tmp:
+        render_cnn_rtl(design, tmp)
+        _write_json(tmp / STIMULUS, stimulus)
+        _write_json(tmp / REPORT, report)
+    return report
+
+
+def _dense_tiles(design) -> int:
+    """Tiles the same matrices take unpacked (every block's columns dealt COLS at a time): the paper's
+    "fraction of the dense tiles" is tiles / this."""
+    arr = design.array
+    return sum(-(-m.rows // arr.rows) * -(-m.in_size // arr.cols) for m in design.matrices)
+
+
+def is_cnn(rtl_dir: Path) -> bool:
+    from .design import design_kind
+
+    try:
+        return design_kind(rtl_dir) == "cnn"
+    except (OSError, ValueError) as e:
+        raise FlowError(f"{Path(rtl_dir) / 'design.npz'} cannot be read ({e}); run `ccflow rtl` (make rtl) again") \
+            from None
+
+
 def simulate(rtl_dir: str | Path, sim: str = "icarus", tokens: int | None = None) -> dict:
-    """Run the top-level cocotb bench over the stored stimulus; raise if not bit-exact."""
-    from .simulate import run_top
+    """Run the top-level cocotb bench over the stored stimulus; raise if not bit-exact. ``tokens``: the
+    first N tokens (LSTM) or images (CNN) of it."""
+    from .simulate import run_cnn_top, run_top
 
     rtl_dir = require_rtl(rtl_dir)
+    if is_cnn(rtl_dir):
+        images = _read_json(rtl_dir / STIMULUS, "run `make rtl` first").get("images")
+        _check(isinstance(images, list) and len(images) > 0,
+               f"{rtl_dir / STIMULUS} holds no images; run `ccflow rtl` (make rtl) again to rewrite it")
+        images = _first_tokens(images, tokens, rtl_dir)
+        result = run_cnn_top(rtl_dir, images, sim=sim)
+        _update_report(rtl_dir, lambda r: r["sims"].__setitem__(sim, _plain(result)))
+        if not result.passed:
+            raise FlowError(_sim_failure(sim, result))
+        return _plain(result)
     stim = _stimulus(rtl_dir)
     stim = _first_tokens(stim, tokens, rtl_dir)
     result = run_top(rtl_dir, sim=sim, tokens=stim)
@@ -125,6 +205,8 @@ def summary(rtl_dir: str | Path) -> str:
 
 
 def _summary(rtl_dir: str | Path, r: dict) -> str:
+    if r.get("kind") == "cnn":
+        return _cnn_summary(rtl_dir, r)
     lines = [f"ccflow summary ({r['config']}, {Path(rtl_dir)})",
              f"  corpus          {r['corpus']} (vocabulary {r['vocab']})"]
     if "float_bpc" in r:
@@ -145,6 +227,31 @@ def _summary(rtl_dir: str | Path, r: dict) -> str:
     if r.get("hls"):
         h = r["hls"]
         lines.append(f"  HLS C++ (g++)   {'bit-exact' if h['bit_exact'] else 'MISMATCH'} on {h['tokens_checked']} tokens")
+    lines += _fpga_lines(Path(rtl_dir))
+    return "\n".join(lines)
+
+
+def _cnn_summary(rtl_dir: str | Path, r: dict) -> str:
+    lines = [f"ccflow summary ({r['config']}, CNN, {Path(rtl_dir)})",
+             f"  data            {r['data']} ({r['classes']} classes, images {' x '.join(map(str, r['image_shape']))})"]
+    if "float_accuracy" in r:
+        lines.append(f"  test accuracy   float {r['float_accuracy']:.2%}   fixed point {r['fixed_accuracy']:.2%}   "
+                     f"({r['test_images']} images)")
+    lines += [
+        f"  array           {r['array']}",
+        f"  cells           dense {r['dense_cells']:,}   packed {r['packed_cells']:,}   "
+        f"({r['dense_cells'] / r['packed_cells']:.2f}x fewer)",
+        f"  utilization     {r['utilization']:.1%} ({r['nnz']:,} nonzero weights)",
+        f"  tiles           {r['tiles']} ({r['tiles'] / r['dense_tiles']:.3f} of the {r['dense_tiles']} dense tiles)",
+    ]
+    for sim, s in sorted(r["sims"].items()):
+        verdict = f"bit-exact on {s['images_checked']} images" if s["passed"] else "MISMATCH"
+        timed = (f"{s['cycles_per_image']:.0f} cycles per image" if s.get("cycles_per_image")
+                 else "too few stall-free images to time")
+        lines.append(f"  {sim:<15} {verdict}; {timed}, latency {s['latency']:.0f}")
+    if r.get("hls"):
+        h = r["hls"]
+        lines.append(f"  HLS C++ (g++)   {'bit-exact' if h['bit_exact'] else 'MISMATCH'} on {h['images_checked']} images")
     lines += _fpga_lines(Path(rtl_dir))
     return "\n".join(lines)
 

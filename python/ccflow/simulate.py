@@ -328,6 +328,42 @@ def run_top(rtl_dir: str | Path, sim: str = "icarus", tokens: Sequence[int] = ()
         build_s=round(run.build_s, 2), sim_s=round(run.sim_s, 2))
 
 
+@dataclass
+class CnnSimResult:
+    sim: str
+    passed: bool
+    images_checked: int
+    cycles_per_image: float  # between two images' logits, no stalls (throughput)
+    latency: float  # first pixel to logits, no stalls
+    log_path: Path
+    message: str = ""
+    build_s: float = 0.0
+    sim_s: float = 0.0
+
+
+def run_cnn_top(rtl_dir: str | Path, images, sim: str = "icarus", seed: int = 1, work_dir: str | Path | None = None,
+                stalls: bool = True, free_images: int | None = None) -> CnnSimResult:
+    """Run the CNN ``ccflow_top`` over ``images`` ([N, C, H, W] in [0, 1]) and compare every image's
+    logits with :class:`ccflow.cnn_quantize.CnnGolden` bit for bit (testbench/test_cnn_top.py). The
+    first ``free_images`` (default: half, at least 2) run without stalls and give the cycle figures."""
+    import numpy as np
+
+    images = np.asarray(images, dtype=np.float64)
+    if len(images) == 0:
+        raise ValueError("run_cnn_top needs at least one image")
+    if free_images is None:
+        free_images = len(images) if not stalls else max(2, len(images) // 2)
+    args = {"images": images.tolist(), "stalls": bool(stalls), "free_images": int(free_images)}
+    run = run_bench(rtl_dir, "ccflow_top", "test_cnn_top", sim=sim, args=args, work_dir=work_dir, seed=seed,
+                    run_name="cnn")
+    r = run.results
+    return CnnSimResult(sim=sim, passed=run.passed and bool(r.get("passed")),
+                        images_checked=int(r.get("images_checked", 0)),
+                        cycles_per_image=float(r.get("cycles_per_image", 0.0)), latency=float(r.get("latency", 0.0)),
+                        log_path=run.log_path, message=run.message, build_s=round(run.build_s, 2),
+                        sim_s=round(run.sim_s, 2))
+
+
 def run_unit(rtl_dir: str | Path, bench: str, sim: str = "icarus", work_dir: str | Path | None = None,
              seed: int = 1, **args) -> BenchRun:
     """Run a unit bench: ``mx_cell``, ``array`` (mx_array) or ``pointwise``."""
