@@ -18,8 +18,9 @@ RTL    := $(BUILD)/rtl
 REPORT := $(RTL)/report.json
 SETUP  := build/.setup-done
 CCFLOW := $(PY) -m ccflow
-GEN_SOURCES := $(wildcard rtl_templates/* hls/*) $(addprefix python/ccflow/,arrayconfig.py combine.py design.py \
-               fixedpoint.py quantize.py golden.py generate.py hls.py flow.py)
+GEN_SOURCES := $(wildcard rtl_templates/* rtl_templates/cnn/* hls/* hls/cnn/*) \
+               $(addprefix python/ccflow/,arrayconfig.py combine.py design.py fixedpoint.py quantize.py golden.py \
+               generate.py hls.py flow.py pack.py cnn.py cnn_quantize.py cnn_generate.py cnn_hls.py)
 
 .PHONY: all help setup train rtl sim sim-all hls summary test test-fast bench bench-combine bench-train \
         plots experiments quant-study cnn-experiments lint clean fpga bench-fpga bench-contention

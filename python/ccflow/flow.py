@@ -93,6 +93,7 @@ def _build_cnn_rtl(trained, checkpoint, out_dir: Path, overrides, stimulus_image
 
     from .cnn import FloatCnn
     from .cnn_generate import render_cnn_rtl
+    from .cnn_hls import render_cnn_hls
     from .cnn_quantize import fixed_point_accuracy, quantize_cnn
     from .cnn_train import evaluate_images
     from .images import ImageError, load_images
@@ -132,6 +133,7 @@ def _build_cnn_rtl(trained, checkpoint, out_dir: Path, overrides, stimulus_image
                 "labels": [int(y) for y in images.test_y[:n]]}
     with staged_dir(out_dir, REPORT, keep=("sim", "fpga", "fpga_report.json")) as tmp:
         render_cnn_rtl(design, tmp)
+        render_cnn_hls(design, tmp / "hls")
         _write_json(tmp / STIMULUS, stimulus)
         _write_json(tmp / REPORT, report)
     return report
@@ -161,10 +163,7 @@ def simulate(rtl_dir: str | Path, sim: str = "icarus", tokens: int | None = None
 
     rtl_dir = require_rtl(rtl_dir)
     if is_cnn(rtl_dir):
-        images = _read_json(rtl_dir / STIMULUS, "run `make rtl` first").get("images")
-        _check(isinstance(images, list) and len(images) > 0,
-               f"{rtl_dir / STIMULUS} holds no images; run `ccflow rtl` (make rtl) again to rewrite it")
-        images = _first_tokens(images, tokens, rtl_dir)
+        images = _first_tokens(_stimulus_images(rtl_dir), tokens, rtl_dir)
         result = run_cnn_top(rtl_dir, images, sim=sim)
         _update_report(rtl_dir, lambda r: r["sims"].__setitem__(sim, _plain(result)))
         if not result.passed:
@@ -185,6 +184,8 @@ def check_hls(rtl_dir: str | Path, tokens: int | None = None) -> dict:
     from .hls import check_hls as run_check
 
     rtl_dir = require_rtl(rtl_dir)
+    if is_cnn(rtl_dir):
+        return _check_cnn_hls(rtl_dir, tokens)
     stim = _stimulus(rtl_dir)
     stim = _first_tokens(stim, tokens, rtl_dir)
     result = run_check(Design.load(rtl_dir), rtl_dir / "hls", stim)
@@ -192,6 +193,26 @@ def check_hls(rtl_dir: str | Path, tokens: int | None = None) -> dict:
     if not result.bit_exact:
         raise FlowError(f"HLS C simulation differs from the golden model: {result.first_mismatch}")
     return _plain(result)
+
+
+def _check_cnn_hls(rtl_dir: Path, images: int | None) -> dict:
+    """check_hls for a CNN: the C simulation against CnnGolden on the stimulus images."""
+    from .cnn_hls import check_cnn_hls
+    from .cnn_quantize import CnnDesign
+
+    stim = _first_tokens(_stimulus_images(rtl_dir), images, rtl_dir)
+    result = check_cnn_hls(CnnDesign.load(rtl_dir), rtl_dir / "hls", stim)
+    _update_report(rtl_dir, lambda r: r.__setitem__("hls", _plain(result)))
+    if not result.bit_exact:
+        raise FlowError(f"HLS C simulation differs from the golden model: {result.first_mismatch}")
+    return _plain(result)
+
+
+def _stimulus_images(rtl_dir: Path) -> list:
+    images = _read_json(rtl_dir / STIMULUS, "run `make rtl` first").get("images")
+    _check(isinstance(images, list) and len(images) > 0,
+           f"{rtl_dir / STIMULUS} holds no images; run `ccflow rtl` (make rtl) again to rewrite it")
+    return images
 
 
 def summary(rtl_dir: str | Path) -> str:

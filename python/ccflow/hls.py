@@ -56,11 +56,13 @@ class HlsResult:
 # --- rendering ----------------------------------------------------------------
 
 
-def render_hls(design: Design, out_dir: str | Path, template_dir: str | Path | None = None) -> list[Path]:
+def render_hls(design: Design, out_dir: str | Path, template_dir: str | Path | None = None,
+               context: dict | None = None) -> list[Path]:
     """Render every template of ``template_dir`` (default ``hls/``) for ``design`` into ``out_dir``.
 
     ``*.j2`` files are rendered (StrictUndefined) to the name without ``.j2``;
-    other files are copied. Returns the written paths.
+    other files are copied. ``context``: the templates' variables (default :func:`hls_context`;
+    the CNN's come from ``ccflow.cnn_hls``). Returns the written paths.
     """
     template_dir = Path(template_dir) if template_dir is not None else TEMPLATE_DIR
     out_dir = Path(out_dir)
@@ -71,7 +73,7 @@ def render_hls(design: Design, out_dir: str | Path, template_dir: str | Path | N
         raise HlsError(f"HLS template folder {template_dir} is empty")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
-    context = hls_context(design)
+    context = hls_context(design) if context is None else context
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for src in files:
