@@ -135,12 +135,10 @@ def test_eval_reports_accuracy_and_refuses_other_images(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "model.pt"), "--data", str(cifar)]) == 2
     err = capsys.readouterr().err
     assert "takes (1, 8, 8) images" in err and len(err.strip().splitlines()) == 1
-    # the packing stage reads CNNs too; the hardware generator says plainly that it does not yet
+    # the packing stage reads CNNs too
     assert main(["combine", str(tmp_path / "model.pt")]) == 0
     out = capsys.readouterr().out
     assert "conv1: 16 x 150" in out and "once per image" in out
-    assert main(["rtl", "--checkpoint", str(tmp_path / "model.pt"), "--out", str(tmp_path / "rtl")]) == 2
-    assert "does not generate CNN hardware yet" in capsys.readouterr().err and not (tmp_path / "rtl").exists()
 
 
 # --- fixed point: the integer golden model of the CNN on the MX array ---------------------------------

@@ -119,6 +119,8 @@ def _build_cnn_rtl(trained, checkpoint, out_dir: Path, overrides, stimulus_image
         "classes": images.classes, "image_shape": list(images.shape),
         "array": f"{cfg.array.rows} x {cfg.array.cols} MX cells, alpha {cfg.array.alpha}",
         "tiles": design.n_tiles, "dense_tiles": _dense_tiles(design), "dense_cells": design.dense_cells,
+        "dense_macs": sum(m.dense_cells * layer.positions for m, layer in
+                          zip((design.matrices[lay.matrix] for lay in design.layers), design.layers)),
         "packed_cells": design.packed_cells, "nnz": design.nnz, "utilization": design.nnz / design.packed_cells,
         "quant_saturations": design.quant_saturations, "matrices": [asdict(m) for m in design.matrices],
         "sims": {}, "hls": None,
@@ -291,7 +293,8 @@ def _fpga_lines(rtl_dir: Path) -> list[str]:
                         ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD") if k in u)
         lines.append(f"  {f['device']:<15} {use}" + ("   (synthesis only)" if f.get("io") == "not placed" else ""))
         if f.get("fmax_mhz"):
-            speed = f"; {f['tokens_per_s']:,.0f} tokens/s" if f.get("tokens_per_s") else ""
+            speed = (f"; {f['tokens_per_s']:,.0f} tokens/s" if f.get("tokens_per_s") else
+                     f"; {f['images_per_s']:,.0f} images/s" if f.get("images_per_s") else "")
             lines.append(f"  {'':<15} Fmax {f['fmax_mhz']:.1f} MHz (target {f['freq_target_mhz']:g} MHz "
                          f"{'met' if f['timing_met'] else 'NOT met'}){speed}")
     x = f.get("xilinx")

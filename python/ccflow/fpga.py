@@ -235,6 +235,8 @@ def _throughput(rtl_dir: Path, fmax_mhz: float | None) -> dict:
         return {}
     try:
         r = json.loads(path.read_text())
+        if r.get("kind") == "cnn":
+            return _cnn_throughput(r, fmax_mhz)
         sims = {k: s["token_interval"] for k, s in (r.get("sims") or {}).items() if s and s.get("token_interval")}
     except (ValueError, AttributeError, TypeError):
         return {}
@@ -246,6 +248,19 @@ def _throughput(rtl_dir: Path, fmax_mhz: float | None) -> dict:
     if r.get("dense_cells"):
         out["dense_cells"] = r["dense_cells"]
         out["effective_gops"] = round(2 * r["dense_cells"] * out["tokens_per_s"] / 1e9, 3)
+    return out
+
+
+def _cnn_throughput(r: dict, fmax_mhz: float) -> dict:
+    """images/s and GOP/s (dense multiply-adds of an image, as the paper counts them) of a CNN."""
+    sims = {k: s["cycles_per_image"] for k, s in (r.get("sims") or {}).items() if s and s.get("cycles_per_image")}
+    if not sims:
+        return {}
+    sim = max(sims, key=sims.get)
+    out = {"cycles_per_image": sims[sim], "cycles_per_image_from": sim,
+           "images_per_s": round(fmax_mhz * 1e6 / sims[sim], 1)}
+    if r.get("dense_macs"):
+        out["effective_gops"] = round(2 * r["dense_macs"] * out["images_per_s"] / 1e9, 3)
     return out
 
 
@@ -321,6 +336,10 @@ def format_report(report: dict) -> str:
             gops = f", {report['effective_gops']:.2f} effective GOP/s" if "effective_gops" in report else ""
             lines.append(f"  {report['tokens_per_s']:,.0f} tokens/s at Fmax ({report['token_interval']:.1f} "
                          f"cycles per token, {report['token_interval_from']}){gops}")
+        if report.get("images_per_s"):
+            gops = f", {report['effective_gops']:.2f} effective GOP/s" if "effective_gops" in report else ""
+            lines.append(f"  {report['images_per_s']:,.0f} images/s at Fmax ({report['cycles_per_image']:.0f} "
+                         f"cycles per image, {report['cycles_per_image_from']}){gops}")
         if "synth_seconds" in report:
             lines.append(f"  yosys {report['synth_seconds']:.0f} s / {report['synth_peak_mb']:.0f} MB" +
                          (f", nextpnr {report['pnr_seconds']:.0f} s / {report['pnr_peak_mb']:.0f} MB"
@@ -345,15 +364,27 @@ def _table(util: dict, order: list[str]) -> list[str]:
 # --- running the tools ----------------------------------------------------------------------------
 
 HARNESS = Path(__file__).resolve().parents[2] / "rtl_templates" / "harness" / "ccflow_fpga_top.v"
+CNN_HARNESS = HARNESS.with_name("ccflow_cnn_fpga_top.v")
 
 
 def _with_harness(rtl_dir: Path, top: str, sources: list[str], harness: bool, sub: str = WORK):
-    """(top, sources) to implement: ``ccflow_fpga_top`` around ``ccflow_top`` when asked (copied into
-    the work folder, so the rtl folder -- the IP -- stays as generated)."""
+    """(top, sources) to implement: ``ccflow_fpga_top`` (a CNN: ``ccflow_cnn_fpga_top``) around
+    ``ccflow_top`` when asked (copied into the work folder, so the rtl folder -- the IP -- stays as
+    generated)."""
     if not harness or top != "ccflow_top":
         return top, sources
-    shutil.copyfile(HARNESS, rtl_dir / sub / HARNESS.name)
-    return HARNESS.stem, sources + [f"{sub}/{HARNESS.name}"]
+    h = CNN_HARNESS if _is_cnn(rtl_dir) else HARNESS
+    shutil.copyfile(h, rtl_dir / sub / h.name)
+    return h.stem, sources + [f"{sub}/{h.name}"]
+
+
+def _is_cnn(rtl_dir: Path) -> bool:
+    from .design import design_kind
+
+    try:
+        return design_kind(rtl_dir) == "cnn"
+    except (OSError, ValueError):
+        return False
 
 
 
