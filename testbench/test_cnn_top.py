@@ -90,7 +90,7 @@ class CnnBench:
                 await self.results.put(("changed", word))
                 return
             held = word
-            ready = 0 if self.stall(len(self.out_cycle) + 1) else 1
+            ready = 0 if self.stall(len(self.out_cycle)) else 1  # the image whose logits these are
             dut.m_axis_tready.value = ready
             if ready:  # taken at the next edge
                 await self.results.put(("logits", word))

@@ -51,6 +51,32 @@ MIN_PASS = 4
 IN_STAGE = 7
 
 
+# Cycles of ccflow_cnn_ctrl/ccflow_cnn_acc around a row block's streaming, besides the flush: the
+# blocks.mem read (2), the drain's start (1) and its pipeline tail until done (9); per layer the
+# layers.mem read (2); per image the logits beat (1).
+BLOCK_OVERHEAD = 2 + 1 + 9
+LAYER_OVERHEAD = 2
+IMAGE_OVERHEAD = 1
+
+
+def image_cycles(design: CnnDesign) -> dict:
+    """Cycles between two images' logits without stalls, and where they go: ``load`` (a pixel per
+    cycle), ``stream`` (tiles x max(positions, MIN_PASS)), ``drain`` (one output value per cycle,
+    each pooling window's four), ``overhead`` (descriptor reads, flushes, drain pipeline). The
+    simulation benches measure the total (tests/test_cnn_hw.py asserts they agree)."""
+    ctx = rtl_context(design)
+    rows = design.array.rows
+    out = {"load": ctx["in_words"], "stream": 0, "drain": 0, "overhead": IMAGE_OVERHEAD}
+    for layer in design.layers:
+        m = design.matrices[layer.matrix]
+        out["stream"] += m.n_tiles * max(layer.positions, MIN_PASS)
+        real = sum(min(rows, m.rows - b * rows) for b in range(m.n_blocks))
+        out["drain"] += real * layer.hp * layer.wp * layer.pool ** 2
+        out["overhead"] += LAYER_OVERHEAD + m.n_blocks * (BLOCK_OVERHEAD + ctx["flush_cycles"] + 1)
+    out["total"] = sum(out.values())
+    return out
+
+
 def layer_descriptors(design: CnnDesign) -> np.ndarray:
     """layers.mem fields per layer: [first tile, last tile, first block, positions - 1, pass - 1,
     wo, row skip (win - wo + 1), hin, win, relu, pool, last, hp, wp]."""
