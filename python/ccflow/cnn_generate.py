@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .cnn_quantize import CnnDesign
-from .generate import (CELL_STAGES, MUL_STAGES, RenderError, TEMPLATE_DIR, _environment, _render, bits_for,
+from .generate import (CELL_STAGES, MUL_STAGES, TEMPLATE_DIR, _environment, _render, bits_for,
                        fold_tiles, pack_words, psum_bits, signed_bits, tile_rom_shape, verilog_sources)
 
 # The shared modules the CNN top instantiates, rendered from rtl_templates/ with the CNN context.
