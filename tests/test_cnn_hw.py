@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from ccflow.arrayconfig import ArrayConfig, NumberFormats
-from ccflow.cnn import Cnn, FloatCnn, weight_layers
 from ccflow.cnn_generate import image_cycles
 from ccflow.cnn_quantize import CnnDesign, CnnGolden, IntStage, QuantizeError, cnn_layers, quantize_cnn
 
@@ -19,17 +18,9 @@ SIMS = ["icarus", "verilator"]
 
 
 def _design(arch="lenet5", shape=(1, 8, 8), gamma=0.5, seed=0, prune=0.5, **formats):
-    import torch
+    from test_cnn import _float_cnn
 
-    torch.manual_seed(seed)
-    model = Cnn(arch, shape, 10)
-    for layer in weight_layers(model):
-        layer.mask &= torch.rand(layer.mask.shape) > prune
-    model.train()
-    for _ in range(2):
-        model(torch.rand(16, *shape))
-    model.eval()
-    fm, packings = FloatCnn.from_torch(model).combined(4, gamma, 8)
+    fm, packings = _float_cnn(arch, shape, prune, seed).combined(4, gamma, 8)
     array = ArrayConfig(rows=8, cols=4, alpha=4, formats=NumberFormats(act_frac=8, **formats))
     return quantize_cnn(fm, array, packings)
 

@@ -20,7 +20,6 @@ in the activation format: ``round(x * 2**act_frac)``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import numpy as np
 
 from .arrayconfig import ArrayConfig
 from .cnn import FloatCnn, im2col, max_pool
-from .design import MatrixInfo, MatrixTotals
+from .design import MatrixInfo, MatrixTotals, load_design_files, save_design_files
 from .fixedpoint import SaturationCounter
 from .golden import ArrayModel
 from .pack import PackError, pack_model
@@ -168,31 +167,15 @@ class CnnDesign(MatrixTotals):
 
     def save(self, directory: str | Path) -> None:
         """``array_config.json`` + ``design.npz`` (``"kind": "cnn"`` in its meta), as ``Design.save``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.array.save(directory / "array_config.json")
-        meta = {"kind": "cnn", "in_shape": list(self.in_shape), "classes": self.classes, "act_size": self.act_size,
-                "quant_saturations": self.quant_saturations, "matrices": [asdict(m) for m in self.matrices],
-                "stages": [asdict(s) for s in self.stages]}
-        np.savez(directory / "design.npz", meta=np.array(json.dumps(meta)),
-                 **{k: getattr(self, k) for k in self._ARRAYS})
+        save_design_files(self, directory, {"kind": "cnn", "in_shape": list(self.in_shape), "classes": self.classes,
+                                            "act_size": self.act_size, "quant_saturations": self.quant_saturations,
+                                            "stages": [asdict(s) for s in self.stages]})
 
     @classmethod
     def load(cls, directory: str | Path) -> "CnnDesign":
-        directory = Path(directory)
-        for f in ("array_config.json", "design.npz"):
-            if not (directory / f).is_file():
-                raise FileNotFoundError(f"{directory / f} is missing; run `make rtl` (ccflow rtl) first")
-        array = ArrayConfig.load(directory / "array_config.json")
-        with np.load(directory / "design.npz", allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            arrays = {k: z[k] for k in cls._ARRAYS}
-        if meta.pop("kind", None) != "cnn":
-            raise ValueError(f"{directory / 'design.npz'} holds an LSTM design, not a CNN")
-        matrices = tuple(MatrixInfo(**m) for m in meta.pop("matrices"))
-        stages = tuple(IntStage(**s) for s in meta.pop("stages"))
-        return cls(array=array, in_shape=tuple(meta.pop("in_shape")), matrices=matrices, stages=stages, **meta,
-                   **arrays)
+        array, meta, arrays = load_design_files(directory, "cnn", cls._ARRAYS)
+        meta.update(in_shape=tuple(meta["in_shape"]), stages=tuple(IntStage(**s) for s in meta["stages"]))
+        return cls(array=array, **meta, **arrays)
 
 
 

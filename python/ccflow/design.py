@@ -171,27 +171,41 @@ class Design(MatrixTotals):
         return self.packed_cells / self.array.cells
 
     def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.array.save(directory / "array_config.json")
         meta = {"vocab_size": self.vocab_size, "emsize": self.emsize, "act_size": self.act_size,
-                "cell_size": self.cell_size, "quant_saturations": self.quant_saturations,
-                "matrices": [asdict(m) for m in self.matrices]}
-        np.savez(directory / "design.npz", meta=np.array(json.dumps(meta)),
-                 **{k: getattr(self, k) for k in self._ARRAYS})
+                "cell_size": self.cell_size, "quant_saturations": self.quant_saturations}
+        save_design_files(self, directory, meta)
 
     @classmethod
     def load(cls, directory: str | Path) -> "Design":
-        directory = Path(directory)
-        for f in ("array_config.json", "design.npz"):
-            if not (directory / f).is_file():
-                raise FileNotFoundError(f"{directory / f} is missing; run `make rtl` (ccflow rtl) first")
-        array = ArrayConfig.load(directory / "array_config.json")
-        with np.load(directory / "design.npz", allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("kind") == "cnn":
-                raise ValueError(f"{directory / 'design.npz'} holds a CNN design; load it with "
-                                 "ccflow.cnn_quantize.CnnDesign.load")
-            arrays = {k: z[k] for k in cls._ARRAYS}
-        matrices = tuple(MatrixInfo(**m) for m in meta.pop("matrices"))
-        return cls(array=array, matrices=matrices, **meta, **arrays)
+        array, meta, arrays = load_design_files(directory, "lstm", cls._ARRAYS)
+        return cls(array=array, **meta, **arrays)
+
+
+def save_design_files(design, directory: str | Path, meta: dict) -> None:
+    """``array_config.json`` + ``design.npz`` (``meta`` as JSON with the matrices, and the ``_ARRAYS``)
+    of an LSTM or CNN design: what the benches, the HLS check and ``ccflow sim`` load back."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    design.array.save(directory / "array_config.json")
+    meta = {**meta, "matrices": [asdict(m) for m in design.matrices]}
+    np.savez(directory / "design.npz", meta=np.array(json.dumps(meta)),
+             **{k: getattr(design, k) for k in design._ARRAYS})
+
+
+def load_design_files(directory: str | Path, kind: str, names) -> tuple[ArrayConfig, dict, dict]:
+    """(array, meta with ``matrices`` as MatrixInfo and without ``kind``, arrays) of a saved design of
+    ``kind`` ("lstm" or "cnn"); a missing file or a design of the other kind is a one-line error."""
+    directory = Path(directory)
+    for f in ("array_config.json", "design.npz"):
+        if not (directory / f).is_file():
+            raise FileNotFoundError(f"{directory / f} is missing; run `make rtl` (ccflow rtl) first")
+    array = ArrayConfig.load(directory / "array_config.json")
+    with np.load(directory / "design.npz", allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        found = meta.pop("kind", "lstm")
+        if found != kind:
+            raise ValueError(f"{directory / 'design.npz'} holds {'a CNN' if found == 'cnn' else 'an LSTM'} "
+                             f"design; load it with {'ccflow.cnn_quantize.CnnDesign' if found == 'cnn' else 'ccflow.design.Design'}.load")
+        arrays = {k: z[k] for k in names}
+    meta["matrices"] = tuple(MatrixInfo(**m) for m in meta["matrices"])
+    return array, meta, arrays
