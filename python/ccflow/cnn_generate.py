@@ -51,18 +51,23 @@ MIN_PASS = 4
 IN_STAGE = 7
 
 
+# ccflow_cnn_acc's drain works in slots: in slot j it reads output j's pooling window (all rows at
+# once, a window position per cycle) and writes output j - 1's rows (one per cycle); a slot lasts
+# max(DRAIN_MIN_SLOT, rows) cycles (the held maxima are taken in its cycle 3). The first slot only
+# reads, one more after the last output only writes.
+DRAIN_MIN_SLOT = 4
 # Cycles of ccflow_cnn_ctrl/ccflow_cnn_acc around a row block's streaming, besides the flush: the
-# blocks.mem read (2), the drain's start (1) and its pipeline tail until done (9); per layer the
-# layers.mem read (2); per image the logits beat (1).
-BLOCK_OVERHEAD = 2 + 1 + 9
+# blocks.mem read (2), the drain's start (1) and its pipeline tail from the last row's issue until
+# done (8); per layer the layers.mem read (2); per image the logits beat (1).
+BLOCK_OVERHEAD = 2 + 1 + 8
 LAYER_OVERHEAD = 2
 IMAGE_OVERHEAD = 1
 
 
 def image_cycles(design: CnnDesign) -> dict:
     """Cycles between two images' logits without stalls, and where they go: ``load`` (a pixel per
-    cycle), ``stream`` (tiles x max(positions, MIN_PASS)), ``drain`` (one output value per cycle,
-    each pooling window's four), ``overhead`` (descriptor reads, flushes, drain pipeline). The
+    cycle), ``stream`` (tiles x max(positions, MIN_PASS)), ``drain`` (per row block and output a
+    slot of max(4, rows) cycles, see DRAIN_MIN_SLOT), ``overhead`` (descriptor reads, flushes, drain pipeline). The
     simulation benches measure the total (tests/test_cnn_hw.py asserts they agree)."""
     ctx = rtl_context(design)
     rows = design.array.rows
@@ -70,8 +75,10 @@ def image_cycles(design: CnnDesign) -> dict:
     for layer in design.layers:
         m = design.matrices[layer.matrix]
         out["stream"] += m.n_tiles * max(layer.positions, MIN_PASS)
-        real = sum(min(rows, m.rows - b * rows) for b in range(m.n_blocks))
-        out["drain"] += real * layer.hp * layer.wp * layer.pool ** 2
+        outputs = layer.hp * layer.wp
+        for b in range(m.n_blocks):  # the first slot, the full ones, the last one up to its last row's issue
+            real = min(rows, m.rows - b * rows)
+            out["drain"] += DRAIN_MIN_SLOT + (outputs - 1) * max(DRAIN_MIN_SLOT, real) + real
         out["overhead"] += LAYER_OVERHEAD + m.n_blocks * (BLOCK_OVERHEAD + ctx["flush_cycles"] + 1)
     out["total"] = sum(out.values())
     return out
@@ -79,14 +86,15 @@ def image_cycles(design: CnnDesign) -> dict:
 
 def layer_descriptors(design: CnnDesign) -> np.ndarray:
     """layers.mem fields per layer: [first tile, last tile, first block, positions - 1, pass - 1,
-    wo, row skip (win - wo + 1), hin, win, relu, pool, last, hp, wp]."""
+    wo, row skip (win - wo + 1), hin, win, relu, pool, last, hp, wp, plane (hp * wp: the map words
+    of one output channel)]."""
     out = []
     for layer in design.layers:
         m = design.matrices[layer.matrix]
         p = layer.positions
         out.append([m.tile_start, m.tile_start + m.n_tiles - 1, m.block_start, p - 1, max(p, MIN_PASS) - 1,
                     layer.wo, layer.win - layer.wo + 1, layer.hin, layer.win, int(layer.relu),
-                    int(layer.pool == 2), int(layer.last), layer.hp, layer.wp])
+                    int(layer.pool == 2), int(layer.last), layer.hp, layer.wp, layer.hp * layer.wp])
     return np.array(out, dtype=np.int64)
 
 
@@ -170,6 +178,8 @@ def rtl_context(design: CnnDesign) -> dict:
     ctx["addr_calc_bits"] = max(ctx["map_bits"], ctx["tap_off_bits"]) + 2  # pbase + offset, signed
     ctx["coord_bits"] = max(ctx["dim_bits"], ctx["tap_dy_bits"], ctx["tap_dx_bits"]) + 2  # oy + dy, signed
     ctx["layer_fields"] = _layer_fields(ctx)
+    # ccflow_cnn_acc's drain slots last max(4, rows) cycles
+    ctx["drain_slot_bits"] = bits_for(max(rows, DRAIN_MIN_SLOT))
     ctx["layer_word_bits"] = sum(b for _, b in ctx["layer_fields"])
     ctx["block_fields"] = [("end", ctx["tile_bits"]), ("real", ctx["row_bits"]), ("base", ctx["map_bits"])]
     ctx["block_word_bits"] = sum(b for _, b in ctx["block_fields"])
@@ -182,7 +192,7 @@ def _layer_fields(ctx: dict) -> list[tuple[str, int]]:
     t, d, p = ctx["tile_bits"], ctx["dim_bits"], ctx["pos_bits"]
     return [("tile_first", t), ("tile_last", t), ("block_first", ctx["block_bits"]), ("pos_last", p),
             ("pass_last", max(p, bits_for(MIN_PASS))), ("wo", d), ("row_skip", d), ("hin", d), ("win", d),
-            ("relu", 1), ("pool", 1), ("last", 1), ("hp", d), ("wp", d)]
+            ("relu", 1), ("pool", 1), ("last", 1), ("hp", d), ("wp", d), ("plane", ctx["map_bits"])]
 
 
 def mem_layout(design: CnnDesign) -> dict[str, tuple[list[tuple[np.ndarray, int, bool]], int]]:
