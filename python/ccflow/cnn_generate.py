@@ -46,9 +46,9 @@ MEM_FILES = ("weights.mem", "selects.mem", "tiles.mem", "taps.mem", "bias.mem", 
 # layer has one) spends MIN_PASS cycles per tile, the rest bubbles.
 MIN_PASS = 4
 # Pipeline of ccflow_cnn_fmap, from a position's issue (cycle 0) to the array's inputs:
-# tiles.mem (3 cycles), taps.mem row registered (1), the slot address and its validity (1),
-# the map block RAM with its output register (2).
-IN_STAGE = 7
+# tiles.mem (3 cycles), taps.mem with its output register (2), the slot address and its validity
+# (1), the map block RAM with its output register (2).
+IN_STAGE = 8
 
 
 # ccflow_cnn_acc's drain works in slots: in slot j it reads output j's pooling window (all rows at
