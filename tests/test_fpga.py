@@ -250,3 +250,37 @@ def test_bad_place_and_route_options_are_refused(tmp_path):
     with pytest.raises(FpgaError, match=r"--placer-critexp -1 must be an int >= 1"):
         run_ecp5(tmp_path, crit_exp=-1)
     assert not (tmp_path / "fpga").exists()
+
+
+@pytest.fixture(scope="module")
+def generated_cnn(tools, tmp_path_factory):
+    """A small generated CNN (LeNet-5 on 8 x 8 images, 8 x 4 array, alpha 4: tests/test_cnn_hw.py's)
+    placed and routed at 100 MHz inside the CNN harness, as `make fpga CONFIG=lenet5` does it."""
+    from test_cnn_hw import _design
+
+    from ccflow.cnn_generate import render_cnn_rtl
+
+    design = _design()
+    rtl = tmp_path_factory.mktemp("generated-cnn") / "rtl"
+    render_cnn_rtl(design, rtl)
+    return design, rtl, run_ecp5(rtl, freq_mhz=100)
+
+
+@slow
+def test_generated_cnn_maps_to_hard_blocks_and_meets_timing(generated_cnn):
+    """The feature maps take one true dual-port block RAM per two array inputs (a replica per read
+    port would double them), every memory above 1 kbit is block RAM, every MX cell one multiplier,
+    and the design meets 100 MHz: block-RAM words reach arithmetic only through a register."""
+    design, rtl, r = generated_cnn
+    log = (rtl / "fpga" / "yosys.log").read_text()
+    to_bram = re.findall(r"mapping memory (\S+) via \$__(?:DP16KD|PDPW16KD)_", log)
+    slots = design.array.cols * design.array.alpha
+    maps = [m for m in to_bram if ".u_fmap.g_copy[" in m]
+    assert len(maps) == len(set(maps)) == -(-slots // 2), to_bram
+    names = " ".join(to_bram)
+    for mem in ("u_weights", "u_selects", "u_acc.u_bias0", "u_acc.u_bias1", "u_acc.g_row[0].u_lane0"):
+        assert mem in names, (mem, to_bram)
+    util = r["utilization"]
+    assert util["MULT18X18D"]["used"] == design.array.cells, util["MULT18X18D"]
+    assert r["top"] == "ccflow_cnn_fpga_top" and r["fits"], r
+    assert r["timing_met"] and r["fmax_mhz"] >= 100, r["fmax_mhz"]

@@ -53,13 +53,13 @@ IN_STAGE = 8
 
 # ccflow_cnn_acc's drain works in slots: in slot j it reads output j's pooling window (all rows at
 # once, a window position per cycle) and writes output j - 1's rows (one per cycle); a slot lasts
-# max(DRAIN_MIN_SLOT, rows) cycles (the held maxima are taken in its cycle 3). The first slot only
+# max(DRAIN_MIN_SLOT, rows) cycles (the held maxima are taken in its cycle 4). The first slot only
 # reads, one more after the last output only writes.
-DRAIN_MIN_SLOT = 4
+DRAIN_MIN_SLOT = 5
 # Cycles of ccflow_cnn_ctrl/ccflow_cnn_acc around a row block's streaming, besides the flush: the
 # blocks.mem read (2), the drain's start (1) and its pipeline tail from the last row's issue until
-# done (8); per layer the layers.mem read (2); per image the logits beat (1).
-BLOCK_OVERHEAD = 2 + 1 + 8
+# done (9); per layer the layers.mem read (2); per image the logits beat (1).
+BLOCK_OVERHEAD = 2 + 1 + 9
 LAYER_OVERHEAD = 2
 IMAGE_OVERHEAD = 1
 
@@ -67,7 +67,7 @@ IMAGE_OVERHEAD = 1
 def image_cycles(design: CnnDesign) -> dict:
     """Cycles between two images' logits without stalls, and where they go: ``load`` (a pixel per
     cycle), ``stream`` (tiles x max(positions, MIN_PASS)), ``drain`` (per row block and output a
-    slot of max(4, rows) cycles, see DRAIN_MIN_SLOT), ``overhead`` (descriptor reads, flushes, drain pipeline). The
+    slot of max(5, rows) cycles, see DRAIN_MIN_SLOT), ``overhead`` (descriptor reads, flushes, drain pipeline). The
     simulation benches measure the total (tests/test_cnn_hw.py asserts they agree)."""
     ctx = rtl_context(design)
     rows = design.array.rows
