@@ -67,8 +67,8 @@ IMAGE_OVERHEAD = 1
 def image_cycles(design: CnnDesign) -> dict:
     """Cycles between two images' logits without stalls, and where they go: ``load`` (a pixel per
     cycle), ``stream`` (tiles x max(positions, MIN_PASS)), ``drain`` (per row block and output a
-    slot of max(5, rows) cycles, see DRAIN_MIN_SLOT), ``overhead`` (descriptor reads, flushes, drain pipeline). The
-    simulation benches measure the total (tests/test_cnn_hw.py asserts they agree)."""
+    slot of max(DRAIN_MIN_SLOT, rows) cycles), ``overhead`` (descriptor reads, flushes, drain
+    pipeline). The simulation benches measure the total (tests/test_cnn_hw.py asserts they agree)."""
     ctx = rtl_context(design)
     rows = design.array.rows
     out = {"load": ctx["in_words"], "stream": 0, "drain": 0, "overhead": IMAGE_OVERHEAD}
@@ -178,7 +178,7 @@ def rtl_context(design: CnnDesign) -> dict:
     ctx["addr_calc_bits"] = max(ctx["map_bits"], ctx["tap_off_bits"]) + 2  # pbase + offset, signed
     ctx["coord_bits"] = max(ctx["dim_bits"], ctx["tap_dy_bits"], ctx["tap_dx_bits"]) + 2  # oy + dy, signed
     ctx["layer_fields"] = _layer_fields(ctx)
-    # ccflow_cnn_acc's drain slots last max(4, rows) cycles
+    # ccflow_cnn_acc's drain slots last max(DRAIN_MIN_SLOT, rows) cycles
     ctx["drain_slot_bits"] = bits_for(max(rows, DRAIN_MIN_SLOT))
     ctx["layer_word_bits"] = sum(b for _, b in ctx["layer_fields"])
     ctx["block_fields"] = [("end", ctx["tile_bits"]), ("real", ctx["row_bits"]), ("base", ctx["map_bits"])]
