@@ -1,0 +1,57 @@
+"""The frontier report's arithmetic (bench/experiments.py): Pareto front, baseline curves, targets."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("experiments", Path(__file__).parents[1] / "bench" / "experiments.py")
+experiments = sys.modules["experiments"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+spec.loader.exec_module(experiments)
+
+
+def rec(name, family, cells, bpc, width=256):
+    return dict(name=name, family=family, packed_cells=cells, test_bpc=bpc, width=width)
+
+
+RECORDS = [
+    rec("dense-256-d1", "dense", 1600, 1.80),
+    rec("dense-256-d0.5", "dense", 1600, 1.76),
+    rec("dense-128", "dense", 400, 1.90, width=128),
+    rec("dense-64", "dense", 100, 2.30, width=64),
+    rec("bbs-0.8", "bank-balanced", 320, 1.93),
+    rec("bbs-0.9", "bank-balanced", 160, 2.10),
+    rec("cpcc-a", "CPCC, whole matrices", 390, 1.77),   # 4.10x fewer, +0.01: meets 4x
+    rec("cpcc-b", "CPCC, whole matrices", 200, 1.95),   # 8x fewer, +0.19: misses 8x
+    rec("cpcc-c", "CPCC, whole matrices", 420, 1.95),   # dominated by cpcc-a
+]
+
+
+def test_pareto_keeps_exactly_the_undominated_runs():
+    assert experiments.pareto(RECORDS) == {"dense-256-d0.5", "cpcc-a", "bbs-0.8", "cpcc-b", "bbs-0.9", "dense-64"}
+
+
+def test_reference_is_the_best_dropout_of_dense_3x256():
+    assert experiments.reference(RECORDS)["name"] == "dense-256-d0.5"
+
+
+def test_baseline_curve_interpolates_on_log_cells_and_never_extrapolates():
+    # halfway between 100 and 400 cells on a log axis is 200: halfway between 2.30 and 1.90
+    assert experiments.curve_at(RECORDS, "dense", 200) == pytest.approx(2.10)
+    assert experiments.curve_at(RECORDS, "dense", 400) == pytest.approx(1.90)
+    assert experiments.curve_at(RECORDS, "dense", 1600) == pytest.approx(1.76)  # the better dropout, not d1
+    assert experiments.curve_at(RECORDS, "dense", 50) is None
+    assert experiments.curve_at(RECORDS, "bank-balanced", 400) is None
+
+
+def test_targets_read_the_records():
+    text = "\n".join(experiments.targets(RECORDS))
+    four, eight = (line for line in text.splitlines() if "fewer cells within" in line)
+    assert "**met**" in four and "cpcc-a" in four and "+0.0100" in four
+    assert "**not met**" in eight and "cpcc-b" in eight and "+0.1900" in eight
+    # cpcc-b (1.95 on 200 cells) against dense (2.10) and bank-balanced (2.10 at 160, 1.93 at 320: 2.0453 at 200)
+    line_b = next(l for l in text.splitlines() if l.strip().startswith("- cpcc-b"))
+    assert "dense 2.1000 (better)" in line_b
+    assert "bank-balanced 2.0453 (better)" in line_b
+    assert "cpcc-c" not in text  # dominated: not on ccflow's front
