@@ -92,9 +92,13 @@ RUNS["kd-cpcc-0.5"] = Run("methods", "distilled from dense 3 x 256, CPCC 0.5 who
                           prune(0.8) + combine(0.5, False) + ("train.distill_weight=0.5", "train.distill_temp=2.0"),
                           teacher="dense-256-d1")
 # Pruning regularises: the pruned 3 x 256 models may want less dropout, as narrow dense ones do.
-for g in (0.25, 0.5):
-    RUNS[f"d0.5-cpcc-{g:g}"] = Run("methods", f"80%, CPCC gamma {g:g} whole, dropout x0.5",
-                                   dense(256, 0.5) + prune(0.8) + combine(g, False))
+# The bank-balanced peer gets the same chance.
+for d in (0.5, 0.25):
+    for g in (0.25, 0.5):
+        RUNS[f"d{d:g}-cpcc-{g:g}"] = Run("methods", f"80%, CPCC gamma {g:g} whole, dropout x{d:g}",
+                                         dense(256, d) + prune(0.8) + combine(g, False))
+    RUNS[f"d{d:g}-bbs-0.8"] = Run("bank-balanced", f"bank-balanced 80%, banks of 32, dropout x{d:g}",
+                                  dense(256, d) + prune(0.8, "prune.method=bank_balanced", "prune.bank_size=32"))
 RUNS["wide-384-cpcc-0.5"] = Run("methods", "3 x 384 pruned to 90%, CPCC 0.5 whole",
                                 dense(384, 1.0) + prune(0.9) + combine(0.5, False))
 
