@@ -102,6 +102,8 @@ for d in (0.5, 0.25):
 RUNS["wide-384-cpcc-0.5"] = Run("methods", "3 x 384 pruned to 90%, CPCC 0.5 whole",
                                 dense(384, 1.0) + prune(0.9) + combine(0.5, False))
 
+RECOMMENDED = "d0.25-cpcc-0.5"  # configs/small-cpcc.toml is this run's settings (tests/test_experiments.py)
+
 FAMILY_COLORS = {"dense": "black", "pruning only": "tab:gray", "bank-balanced": "tab:brown", "row-block CC": "tab:green",
                  "CPCC, row blocks": "tab:olive", "CPCC, whole matrices": "tab:red", "paper recipe": "tab:purple",
                  "methods": "tab:blue"}

@@ -55,3 +55,13 @@ def test_targets_read_the_records():
     assert "dense 2.1000 (better)" in line_b
     assert "bank-balanced 2.0453 (better)" in line_b
     assert "cpcc-c" not in text  # dominated: not on ccflow's front
+
+
+def test_the_recommended_preset_is_the_run_that_measured_it():
+    """configs/small-cpcc.toml must stay the settings of the frontier run docs/results.md recommends."""
+    from ccflow.config import load_config
+
+    run = experiments.RUNS[experiments.RECOMMENDED]
+    measured = load_config("small", [*experiments.BUDGET, *run.overrides, f"train.epochs={experiments.EPOCHS}"])
+    preset = load_config("small-cpcc")
+    assert preset.to_dict() == measured.to_dict() | {"name": "small-cpcc"}
