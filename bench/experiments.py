@@ -289,8 +289,9 @@ def report(records: list[dict], doc: Path, image: Path) -> None:
         f"Every record, with the command that made it, is in [{doc.with_suffix('.json').name}]"
         f"({doc.with_suffix('.json').name}).",
         "",
-        f"{len(records)} runs, {cpu / 3600:.1f} CPU hours of training (one thread each, two at a time on",
-        "a 2-core machine). **Bold**: on the Pareto front (no run has fewer cells *and* lower BPC).",
+        f"{len(records)} runs, at most {cpu / 3600:.1f} CPU hours of training (the sum of the runs' training wall times,",
+        "one thread each, two or three at a time on a 2-core machine). **Bold**: on the Pareto front (no run has",
+        "fewer cells *and* lower BPC).",
         "",
         f"| run | family | test BPC | vs {ref['name'] if ref else 'dense 3 x 256'} | fixed-point BPC | packed cells | fewer cells | nonzero weights |",
         "|---|---|---|---|---|---|---|---|",
