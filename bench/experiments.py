@@ -193,8 +193,9 @@ def curve_at(records: list[dict], family: str, cells: int) -> float | None:
 
     None outside the cells the family's runs span: a baseline is not extrapolated.
     """
-    pts = sorted((r["packed_cells"], r["test_bpc"]) for r in records if r["family"] == family)
-    front = [p for p in pts if not any(q[0] <= p[0] and q[1] < p[1] for q in pts)]
+    runs = [r for r in records if r["family"] == family]
+    best = pareto(runs)
+    front = sorted((r["packed_cells"], r["test_bpc"]) for r in runs if r["name"] in best)
     for (c0, b0), (c1, b1) in zip(front, front[1:]):
         if c0 <= cells <= c1:
             t = (math.log(cells) - math.log(c0)) / (math.log(c1) - math.log(c0))
