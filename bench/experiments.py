@@ -45,6 +45,12 @@ class Run:
     label: str
     overrides: tuple[str, ...]
     teacher: str | None = None  # a run whose model.pt this one distills from
+    model_of: str | None = None  # another run's model, counted on other hardware: nothing to train
+
+    @property
+    def needs(self) -> str | None:
+        """The run that must be trained first."""
+        return self.model_of or self.teacher
 
 
 def dense(width: int, drop: float) -> tuple[str, ...]:
@@ -97,6 +103,11 @@ for d in (0.5, 0.25):
 LOW = dense(256, 0.25)
 RUNS["d0.25-bbs-0.9"] = Run("bank-balanced", "bank-balanced 90%, banks of 32, dropout x0.25",
                             LOW + prune(0.9, "prune.method=bank_balanced", "prune.bank_size=32"))
+# Bank-balanced pruning is also a way to prune for ccflow's array: the same models, counted as the MX
+# array executes them (lossless row-block CC, no combine-pruning), are ccflow points.
+for src in ("d0.5-bbs-0.8", "d0.25-bbs-0.9"):
+    RUNS[f"{src}-mx"] = Run("methods", RUNS[src].label + ", on the MX array (row-block CC)", RUNS[src].overrides,
+                            model_of=src)
 for s in (0.6, 0.8, 0.9):
     RUNS[f"d0.25-prune-{s:g}"] = Run("pruning only", f"magnitude pruning to {s:.0%}, dropout x0.25", LOW + prune(s))
 RUNS["d0.25-cpcc-0.1"] = Run("CPCC, whole matrices", "80%, CPCC gamma 0.1, whole, dropout x0.25",
@@ -122,6 +133,8 @@ FAMILY_COLORS = {"dense": "black", "pruning only": "tab:gray", "bank-balanced": 
 
 def command(name: str, out: Path, corpus: str = "ptbc-small") -> list[str]:
     run = RUNS[name]
+    if run.model_of:
+        return command(run.model_of, out.parent / run.model_of, corpus)
     cmd = ["python", "-m", "ccflow", "train", "--config", "small", "--out", str(out), "--epochs", str(EPOCHS),
            "--threads", "1"]
     sets = [*BUDGET, *run.overrides] + ([f"data.corpus={corpus}"] if corpus != "ptbc-small" else [])
@@ -367,17 +380,19 @@ def main() -> None:
 
         runs_dir = Path(args.out)
         runs_dir.mkdir(parents=True, exist_ok=True)
-        teachers = sorted({RUNS[n].teacher for n in names if RUNS[n].teacher} - set(names))
-        if teachers and not all((runs_dir / t / "model.pt").is_file() for t in teachers):
-            names = teachers + names  # a distilled run needs its teacher first
+        needed = sorted({RUNS[n].needs for n in names if RUNS[n].needs} - set(names))
+        if needed and not all((runs_dir / t / "model.pt").is_file() for t in needed):
+            names = needed + names  # a distilled run needs its teacher first, a recount its model
         t0 = time.time()
         lock = threading.Lock()
 
-        def run(n: str, teacher) -> None:
-            if teacher:
-                teacher.result()
-            train(n, runs_dir / n, args.corpus)
-            record = measure(n, runs_dir / n, args.corpus)  # recorded as soon as trained: a sweep cut short keeps its runs
+        def run(n: str, needed) -> None:
+            if needed:
+                needed.result()
+            folder = runs_dir / (RUNS[n].model_of or n)
+            if not RUNS[n].model_of:
+                train(n, folder, args.corpus)
+            record = measure(n, folder, args.corpus)  # recorded as soon as trained: a sweep cut short keeps its runs
             with lock:
                 store.write_text(json.dumps(list((stored() | {n: record}).values()), indent=1) + "\n")
                 print(f"recorded {n} ({time.time() - t0:.0f} s so far): {json.dumps(record)}", flush=True)
@@ -385,8 +400,8 @@ def main() -> None:
         torch.set_num_threads(1)  # measuring shares the cores with the trainings
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = {}
-            for n in names:  # teachers were queued first; their students wait for them
-                futures[n] = pool.submit(run, n, futures.get(RUNS[n].teacher))
+            for n in names:  # what is needed was queued first; the runs needing it wait for it
+                futures[n] = pool.submit(run, n, futures.get(RUNS[n].needs))
             for f in futures.values():
                 f.result()
     records = stored()

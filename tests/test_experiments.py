@@ -65,3 +65,13 @@ def test_the_recommended_preset_is_the_run_that_measured_it():
     measured = load_config("small", [*experiments.BUDGET, *run.overrides, f"train.epochs={experiments.EPOCHS}"])
     preset = load_config("small-cpcc")
     assert preset.to_dict() == measured.to_dict() | {"name": "small-cpcc"}
+
+
+def test_a_recount_trains_nothing_and_cites_the_run_that_trained_its_model():
+    """A ``model_of`` run is another run's model counted on the MX array: same command, its own family."""
+    for name, run in experiments.RUNS.items():
+        if run.model_of:
+            source = experiments.RUNS[run.model_of]
+            assert run.needs == run.model_of and source.model_of is None
+            assert run.family != source.family == "bank-balanced"  # cells: MX array, not nonzeros
+            assert experiments.command(name, Path("runs") / name) == experiments.command(run.model_of, Path("runs") / run.model_of)
