@@ -75,3 +75,14 @@ def test_a_recount_trains_nothing_and_cites_the_run_that_trained_its_model():
             assert run.needs == run.model_of and source.model_of is None
             assert run.family != source.family == "bank-balanced"  # cells: MX array, not nonzeros
             assert experiments.command(name, Path("runs") / name) == experiments.command(run.model_of, Path("runs") / run.model_of)
+
+
+def test_schedule_queues_what_is_needed_first_and_the_waiting_runs_last(tmp_path):
+    """A recount waits for its model and holds a worker meanwhile: it must not stand before an independent run."""
+    names = experiments.schedule(["d0.25-bbs-0.9-mx", "dense-256-d0.25"], tmp_path)
+    assert names == ["d0.25-bbs-0.9", "dense-256-d0.25", "d0.25-bbs-0.9-mx"]
+    (tmp_path / "d0.25-bbs-0.9").mkdir()
+    (tmp_path / "d0.25-bbs-0.9" / "model.pt").touch()  # trained already: nothing to wait for, the order stands
+    assert experiments.schedule(["d0.25-bbs-0.9-mx", "dense-256-d0.25"], tmp_path) == ["d0.25-bbs-0.9-mx", "dense-256-d0.25"]
+    assert experiments.schedule(["d0.25-bbs-0.9", "d0.25-bbs-0.9-mx", "dense-256-d0.25"], tmp_path) == [
+        "d0.25-bbs-0.9", "dense-256-d0.25", "d0.25-bbs-0.9-mx"]
