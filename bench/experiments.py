@@ -115,7 +115,8 @@ RUNS["d0.25-cpcc-0.1"] = Run("CPCC, whole matrices", "80%, CPCC gamma 0.1, whole
 for g in (0.1, 0.25, 0.5):
     RUNS[f"d0.25-cpcc-rb-{g:g}"] = Run("CPCC, row blocks", f"80%, CPCC gamma {g:g}, 32-row blocks, dropout x0.25",
                                        LOW + prune(0.8) + combine(g, True))
-RUNS["d0.25-s0.83-cpcc-rb-0.5"] = Run("CPCC, row blocks", "83%, CPCC gamma 0.5, 32-row blocks, dropout x0.25", LOW + prune(0.83) + combine(0.5, True))
+RUNS["d0.25-s0.83-cpcc-rb-0.5"] = Run("CPCC, row blocks", "83%, CPCC gamma 0.5, 32-row blocks, dropout x0.25",
+                                      LOW + prune(0.83) + combine(0.5, True))
 RUNS["d0.25-s0.83-cpcc-0.5"] = Run("methods", "83% (past 8x fewer cells), CPCC gamma 0.5 whole, dropout x0.25",
                                    LOW + prune(0.83) + combine(0.5, False))
 RUNS["d0.25-iter-cpcc-0.5"] = Run("methods", "iterative: 4 prune steps, combine after each, CPCC 0.5 whole, dropout x0.25",
