@@ -117,7 +117,7 @@ for g in (0.1, 0.25, 0.5):
                                        LOW + prune(0.8) + combine(g, True))
 RUNS["d0.25-s0.83-cpcc-rb-0.5"] = Run("CPCC, row blocks", "83%, CPCC gamma 0.5, 32-row blocks, dropout x0.25",
                                       LOW + prune(0.83) + combine(0.5, True))
-RUNS["d0.25-s0.83-cpcc-0.5"] = Run("methods", "83% (past 8x fewer cells), CPCC gamma 0.5 whole, dropout x0.25",
+RUNS["d0.25-s0.83-cpcc-0.5"] = Run("methods", "83%, CPCC gamma 0.5 whole, dropout x0.25",
                                    LOW + prune(0.83) + combine(0.5, False))
 RUNS["d0.25-iter-cpcc-0.5"] = Run("methods", "iterative: 4 prune steps, combine after each, CPCC 0.5 whole, dropout x0.25",
                                   LOW + prune(0.8, "prune.steps=4") + combine(0.5, False, "[5, 8, 11, 14, 16, 20]"))
