@@ -117,9 +117,11 @@ for g in (0.1, 0.25, 0.5, 1.0):
                                        LOW + prune(0.8) + combine(g, True))
 RUNS["d0.25-s0.83-cpcc-rb-0.5"] = Run("CPCC, row blocks", "83%, CPCC gamma 0.5, 32-row blocks, dropout x0.25",
                                       LOW + prune(0.83) + combine(0.5, True))
-# 83% moved rb-0.5 only from 7.60x to 7.82x: combining already removes most of what more pruning would.
-RUNS["d0.25-s0.87-cpcc-rb-0.5"] = Run("CPCC, row blocks", "87%, CPCC gamma 0.5, 32-row blocks, dropout x0.25",
-                                      LOW + prune(0.87) + combine(0.5, True))
+# A group holds at most alpha columns, so an array of alpha-input cells needs at least 1/alpha of the dense
+# cells (198,208 for 3 x 256 at alpha 8): rb-0.5 (208,544) and rb-1 (203,104) sit on that floor, and more
+# pruning cannot pass 8x. 16-input cells lift the floor to 16x.
+RUNS["d0.25-a16-cpcc-rb-0.5"] = Run("CPCC, row blocks", "80%, CPCC gamma 0.5, 32-row blocks, 16-input cells, dropout x0.25",
+                                    LOW + prune(0.8) + combine(0.5, True) + ("array.alpha=16",))
 RUNS["d0.25-s0.83-cpcc-0.5"] = Run("methods", "83%, CPCC gamma 0.5 whole, dropout x0.25",
                                    LOW + prune(0.83) + combine(0.5, False))
 RUNS["d0.25-iter-cpcc-0.5"] = Run("methods", "iterative: 4 prune steps, combine after each, CPCC 0.5 whole, dropout x0.25",
