@@ -44,7 +44,7 @@ def _render(tmp_path_factory, name, design):
 # --- the MX cell ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="session", params=[1, 3, 8], ids=lambda a: f"alpha{a}")
+@pytest.fixture(scope="session", params=[1, 3, 8, 16], ids=lambda a: f"alpha{a}")
 def cell_rtl(request, tmp_path_factory):
     array = ArrayConfig(rows=4, cols=2, alpha=request.param)
     return _render(tmp_path_factory, f"cell-{request.param}", quantize(FloatModel.random(seed=1), array))
