@@ -100,7 +100,7 @@ experiments: $(SETUP) ## the BPC-vs-array-cells frontier on ptbc-small (small pr
 cnn-experiments: $(SETUP) ## CNNs in the paper's shape (LeNet-5, vgg-small on digits) -> docs/cnn_results.md
 	$(PY) bench/cnn_experiments.py
 
-QUANT_MODEL ?= build/experiments/cpcc-0.5/model.pt
+QUANT_MODEL ?= build/experiments/d0.25-cpcc-rb-0.5/model.pt
 quant-study: $(SETUP) ## weight sections x weight/activation bits, fixed-point BPC of QUANT_MODEL -> docs/quantization.md
 	$(PY) bench/quant_study.py --model $(QUANT_MODEL)
 
