@@ -287,9 +287,12 @@ def plot(records: list[dict], img: Path) -> Path:
     if best:
         ax.step([r["packed_cells"] for r in best], [r["test_bpc"] for r in best], where="post", color="black",
                 lw=0.8, ls="--", label="Pareto front", zorder=2)
-        for r in best:
-            ax.annotate(r["name"], (r["packed_cells"], r["test_bpc"]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
+        # Front points can sit close together (same cells, same BPC): numbers by the points, names in a list.
+        for i, r in enumerate(best, 1):
+            ax.annotate(str(i), (r["packed_cells"], r["test_bpc"]), fontsize=6, xytext=(4 - 10 * (i % 2), 4),
+                        textcoords="offset points", fontweight="bold")
+        ax.text(0.42, 0.97, "Pareto front:\n" + "\n".join(f"{i} {r['name']}" for i, r in enumerate(best, 1)),
+                transform=ax.transAxes, va="top", fontsize=6, family="monospace")
     ax.set_xscale("log")
     ax.set_xlabel("packed array cells per token (every matrix, decoder included; bank-balanced: nonzeros)")
     ax.set_ylabel(f"test BPC ({_corpus(records)}, float)")
