@@ -131,7 +131,8 @@ RUNS["d0.25-soft-cpcc-0.5"] = Run("methods", "combine-aware: 2 soft epochs befor
 # Row blocks beat whole matrices at every gamma measured, so the wider model is combined in row blocks.
 RUNS["d0.25-wide-384-cpcc-rb-0.5"] = Run("methods", "3 x 384 pruned to 90%, CPCC 0.5 in 32-row blocks, dropout x0.25",
                                          dense(384, 0.25) + prune(0.9) + combine(0.5, True))
-# At alpha 8 the wider model sits near its floor of an eighth of its dense cells; 16-input cells lift it.
+# At alpha 8 the wider model is bounded the same way (421,824 cells, under an eighth of its dense 3,558,144 only
+# because 21% of its block-columns are empty); 16-input cells lower the bound.
 RUNS["d0.25-wide-384-a16-cpcc-rb-0.5"] = Run("methods", "3 x 384 pruned to 90%, CPCC 0.5 in 32-row blocks, 16-input cells, "
                                              "dropout x0.25", RUNS["d0.25-wide-384-cpcc-rb-0.5"].overrides
                                              + ("array.alpha=16",))
