@@ -401,6 +401,7 @@ def main() -> None:
     def stored() -> dict:  # read afresh before each write: another sweep may have added records meanwhile
         return {r["name"]: r for r in json.loads(store.read_text())} if store.is_file() else {}
 
+    failed: list[str] = []  # runs whose training did not finish
     if not args.report:
         import torch
 
@@ -410,29 +411,38 @@ def main() -> None:
         t0 = time.time()
         lock = threading.Lock()
 
-        def run(n: str, needed) -> None:
-            if needed:
-                needed.result()
+        def run(n: str, needed) -> bool:
+            """Train and record run ``n``; False if it (or the run it needs) did not finish."""
+            if needed and not needed.result():
+                print(f"skipped {n}: {RUNS[n].needs} did not finish", flush=True)
+                return False
             folder = runs_dir / (RUNS[n].model_of or n)
             if not RUNS[n].model_of:
-                train(n, folder, args.corpus)
+                try:
+                    train(n, folder, args.corpus)
+                except subprocess.CalledProcessError as e:  # killed or failed: the other runs go on
+                    print(f"{n} did not finish (training exited {e.returncode}): see {folder}.log", flush=True)
+                    return False
             record = measure(n, folder, args.corpus)  # recorded as soon as trained: a sweep cut short keeps its runs
             with lock:
                 store.write_text(json.dumps(list((stored() | {n: record}).values()), indent=1) + "\n")
                 print(f"recorded {n} ({time.time() - t0:.0f} s so far): {json.dumps(record)}", flush=True)
+            return True
 
         torch.set_num_threads(1)  # measuring shares the cores with the trainings
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = {}
             for n in names:  # what is needed was queued first; the runs needing it wait for it
                 futures[n] = pool.submit(run, n, futures.get(RUNS[n].needs))
-            for f in futures.values():
-                f.result()
+            failed = [n for n, f in futures.items() if not f.result()]
     records = stored()
     listed = [records[n] for n in RUNS if n in records]
     doc = Path(args.doc)
     report(listed, doc, plot(listed, doc.parent / "img"))
     print(f"wrote {doc} ({len(listed)} runs)")
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) did not finish: {','.join(failed)}; rerun them with "
+                         f"--only {','.join(failed)} (they resume from their last checkpoint)")
 
 
 if __name__ == "__main__":

@@ -86,3 +86,34 @@ def test_schedule_queues_what_is_needed_first_and_the_waiting_runs_last(tmp_path
     assert experiments.schedule(["d0.25-bbs-0.9-mx", "dense-256-d0.25"], tmp_path) == ["d0.25-bbs-0.9-mx", "dense-256-d0.25"]
     assert experiments.schedule(["d0.25-bbs-0.9", "d0.25-bbs-0.9-mx", "dense-256-d0.25"], tmp_path) == [
         "d0.25-bbs-0.9", "dense-256-d0.25", "d0.25-bbs-0.9-mx"]
+
+
+def test_a_run_that_does_not_finish_stops_only_itself_and_what_needs_it(tmp_path, monkeypatch, capsys):
+    """A killed training must not end the sweep with a traceback: the others are recorded, one line names the rest."""
+    import subprocess
+
+    import torch
+
+    def train(name, out, corpus):
+        if name == "d0.25-bbs-0.9":
+            raise subprocess.CalledProcessError(-9, ["ccflow", "train"])
+
+    monkeypatch.setattr(experiments, "train", train)
+    monkeypatch.setattr(experiments, "measure", lambda name, out, corpus: {"name": name})
+    monkeypatch.setattr(experiments, "plot", lambda records, folder: None)
+    monkeypatch.setattr(experiments, "report", lambda records, doc, image: None)
+    store = tmp_path / "results.json"
+    monkeypatch.setattr(sys, "argv", ["experiments.py", "--only", "d0.25-bbs-0.9-mx,dense-256-d0.25,d0.25-bbs-0.9",
+                                      "--out", str(tmp_path / "runs"), "--json", str(store), "--doc", str(tmp_path / "r.md")])
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            experiments.main()
+    finally:
+        torch.set_num_threads(threads)  # main() sets one thread for the sweep; the other tests keep theirs
+    assert str(stop.value) == ("2 run(s) did not finish: d0.25-bbs-0.9,d0.25-bbs-0.9-mx; rerun them with "
+                               "--only d0.25-bbs-0.9,d0.25-bbs-0.9-mx (they resume from their last checkpoint)")
+    assert [r["name"] for r in experiments.json.loads(store.read_text())] == ["dense-256-d0.25"]
+    out = capsys.readouterr().out
+    assert f"d0.25-bbs-0.9 did not finish (training exited -9): see {tmp_path / 'runs' / 'd0.25-bbs-0.9'}.log" in out
+    assert "skipped d0.25-bbs-0.9-mx: d0.25-bbs-0.9 did not finish" in out
