@@ -57,6 +57,13 @@ def test_targets_read_the_records():
     assert "cpcc-c" not in text  # dominated: not on ccflow's front
 
 
+def test_targets_show_the_validation_gap_beside_the_test_gap():
+    with_valid = [dict(r, valid_bpc=r["test_bpc"] + (0.03 if r["name"] == "cpcc-a" else 0.0)) for r in RECORDS]
+    four = next(l for l in experiments.targets(with_valid) if l.startswith("- 4x"))
+    assert "+0.0100 BPC" in four and "(+0.0400 on the validation split)" in four
+    assert "validation" not in "\n".join(experiments.targets(RECORDS))  # nothing to show without valid_bpc
+
+
 def test_the_recommended_preset_is_the_run_that_measured_it():
     """configs/small-cpcc.toml must stay the settings of the frontier run docs/results.md recommends."""
     from ccflow.config import load_config
