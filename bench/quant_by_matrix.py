@@ -34,8 +34,9 @@ from quant_study import formats  # noqa: E402
 
 
 @contextlib.contextmanager
-def coarse_on(section: str, matrices: set[int]):
-    """Per-row exponents except ``matrices``, which get ``section``'s.
+def coarse_on(section: str, matrices: set[int], seen: dict):
+    """Per-row exponents except ``matrices``, which get ``section``'s; ``seen`` receives the quantizer's
+    matrices and both exponent choices for every matrix (``matrices``, ``row``, ``coarse``).
 
     Study only: a design has one ``formats.weight_section`` (the RTL, the HLS C++ and the golden
     model all read it), so mixing sections per matrix is done here by wrapping the quantizer's
@@ -47,6 +48,7 @@ def coarse_on(section: str, matrices: set[int]):
         rows = per_row(mats, biases, out_fracs, gates, array)
         coarse = per_row(mats, biases, out_fracs, gates,
                          replace(array, formats=replace(array.formats, weight_section=section)))
+        seen.update(matrices=mats, row=rows, coarse=coarse)
         return [coarse[i] if i in matrices else r for i, r in enumerate(rows)]
 
     Q.row_exponents = mixed
@@ -78,7 +80,7 @@ def main() -> None:
     from ccflow.checkpoint import load_model
     from ccflow.corpus import load_corpus
     from ccflow.golden import fixed_point_bpc
-    from ccflow.pack import FloatModel, pack_model
+    from ccflow.pack import FloatModel
 
     trained = load_model(args.model)
     cfg = trained.config
@@ -89,26 +91,21 @@ def main() -> None:
     names = [f"layer {i}" for i in range(n_lstm)] + ["decoder"]
     t0 = time.process_time()
 
+    seen: dict = {}
+
     def score(section: str, matrices: set[int]) -> float:
         array = replace(cfg.array, formats=formats("row", args.bits, 16))
-        with coarse_on(section, matrices):
+        with coarse_on(section, matrices, seen):
             design = Q.quantize(model, array, trained.packings)
         return fixed_point_bpc(design, test, args.streams)
 
     print(f"{args.model}: {len(test)} test chars, {args.streams} streams, w{args.bits} a16")
     print(f"\nper-row exponents everywhere: {score('row', set()):.4f} BPC\n")
     for section in sections:
-        array = replace(cfg.array, formats=formats(section, args.bits, 16))
-        packed = pack_model(model, array, trained.packings)
-        mats = [mp.matrix for mp in packed.matrices]
-        biases = [layer.bias.reshape(4, layer.hidden).T.reshape(-1) for layer in model.layers] + [model.decoder_bias]
-        out_fracs = [array.formats.act_frac] * n_lstm + [array.formats.logit_frac]
-        coarse = Q.row_exponents(mats, biases, out_fracs, [4] * n_lstm + [1], array)
-        fine = Q.row_exponents(mats, biases, out_fracs, [4] * n_lstm + [1],
-                               replace(array, formats=replace(array.formats, weight_section="row")))
         print(f"| {section} section on | BPC | exponents ({section}) | nonzero weights rounded to zero ({section} / row) |")
         print("|---|---|---|---|")
         print(f"| all matrices | {score(section, set(range(n_lstm + 1))):.4f} | | |")
+        mats, coarse, fine = seen["matrices"], seen["coarse"], seen["row"]  # what that quantization used
         for i, name in enumerate(names):
             nz = mats[i] != 0
 
