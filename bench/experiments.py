@@ -137,6 +137,15 @@ RUNS["d0.25-wide-384-a16-cpcc-rb-0.5"] = Run("methods", "3 x 384 pruned to 90%, 
                                              "dropout x0.25", RUNS["d0.25-wide-384-cpcc-rb-0.5"].overrides
                                              + ("array.alpha=16",))
 
+# Gentler combining of the wider model: the trend toward the 4x target pointed at 3 x 384 at a lower gamma.
+RUNS["d0.25-wide-384-cpcc-rb-0.25"] = Run("methods", "3 x 384 pruned to 90%, CPCC 0.25 in 32-row blocks, dropout x0.25",
+                                          dense(384, 0.25) + prune(0.9) + combine(0.25, True))
+# kd-cpcc-0.5 distilled a student with the preset's full dropout, which already underfits; this one distills the
+# recommended recipe (a quarter of the dropout) from the best dense model listed that needs no further training.
+RUNS["d0.25-kd-cpcc-rb-0.5"] = Run("methods", "distilled from dense 3 x 192 (dropout x0.5), 80%, CPCC 0.5 in 32-row "
+                                   "blocks, dropout x0.25", RUNS["d0.25-cpcc-rb-0.5"].overrides
+                                   + ("train.distill_weight=0.5", "train.distill_temp=2.0"), teacher="dense-192-d0.5")
+
 RECOMMENDED = "d0.25-cpcc-rb-0.5"  # configs/small-cpcc.toml is this run's settings (tests/test_experiments.py)
 
 FAMILY_COLORS = {"dense": "black", "pruning only": "tab:gray", "bank-balanced": "tab:brown", "row-block CC": "tab:green",
