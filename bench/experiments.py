@@ -140,6 +140,18 @@ RUNS["d0.25-wide-384-a16-cpcc-rb-0.5"] = Run("methods", "3 x 384 pruned to 90%, 
 # Gentler combining of the wider model: the trend toward the 4x target pointed at 3 x 384 at a lower gamma.
 RUNS["d0.25-wide-384-cpcc-rb-0.25"] = Run("methods", "3 x 384 pruned to 90%, CPCC 0.25 in 32-row blocks, dropout x0.25",
                                           dense(384, 0.25) + prune(0.9) + combine(0.25, True))
+# Both gammas of 3 x 384 pack to the alpha-8 bound of its non-empty block-columns (3.75x): to pass 4x, prune it
+# harder so more block-columns empty, or widen it further and lower the bound with 16-input cells.
+RUNS["d0.25-wide-384-s0.93-cpcc-rb-0.25"] = Run("methods", "3 x 384 pruned to 93%, CPCC 0.25 in 32-row blocks, "
+                                                "dropout x0.25", dense(384, 0.25) + prune(0.93) + combine(0.25, True))
+RUNS["d0.25-wide-448-a16-cpcc-rb-0.5"] = Run("methods", "3 x 448 pruned to 90%, CPCC 0.5 in 32-row blocks, 16-input "
+                                             "cells, dropout x0.25", dense(448, 0.25) + prune(0.9) + combine(0.5, True)
+                                             + ("array.alpha=16",))
+# 3 x 448 on 16-input cells packs to 5.16x: a 3 x 512 at the same sparsity would sit just past a quarter of the dense
+# 3 x 256 cells (its LSTM layers pack to about a 17th, its dense 50 x 512 decoder adds 25,600), so it is pruned to 92%.
+RUNS["d0.25-wide-512-s0.92-a16-cpcc-rb-0.5"] = Run("methods", "3 x 512 pruned to 92%, CPCC 0.5 in 32-row blocks, "
+                                                   "16-input cells, dropout x0.25", dense(512, 0.25) + prune(0.92)
+                                                   + combine(0.5, True) + ("array.alpha=16",))
 # kd-cpcc-0.5 distilled a student with the preset's full dropout, which already underfits; this one distills the
 # recommended recipe (a quarter of the dropout) from dense 3 x 192 at half dropout (1.7679 test BPC, 0.13 ahead of
 # the undistilled student).
