@@ -195,8 +195,10 @@ def test_generated_memories_map_to_block_ram(generated):
     for rom in ("u_weights_rom", *(("u_bias_a_rom", "u_bias_b_rom") if two else ("u_bias_rom",)), "u_embedding.u_rom",
                 "g_sigmoid[0].u_lut", "g_tanh[0].u_lut"):
         assert rom in names, (rom, to_bram)
-    # below 1 kbit by construction (the ccflow_rom/ccflow_ram branch without the block attribute)
-    assert to_lutram and all(".g_any." in m for m in to_lutram), to_lutram
+    # below 1 kbit by construction (the ccflow_rom/ccflow_ram branch without the block attribute), or
+    # an act bank marked for LUT RAM (ccflow_ram LUT_RAM; test_act_banks_are_lut_ram_up_to_4_kbit)
+    assert to_lutram and all(".g_any." in m or ".g_lut." in m for m in to_lutram), to_lutram
+    assert any("u_act_mem" in m and ".g_lut." in m for m in to_lutram) == rtl_context(design)["act_lut_ram"]
     for name, dffs, static, width in to_logic:
         assert "g_block" not in name and (int(dffs) + int(static)) * int(width) <= 1024, (name, dffs, static, width)
     assert r["utilization"]["DP16KD"]["used"] >= len(to_bram)
@@ -284,3 +286,33 @@ def test_generated_cnn_maps_to_hard_blocks_and_meets_timing(generated_cnn):
     assert util["MULT18X18D"]["used"] == design.array.cells, util["MULT18X18D"]
     assert r["top"] == "ccflow_cnn_fpga_top" and r["fits"], r
     assert r["timing_met"] and r["fmax_mhz"] >= 100, r["fmax_mhz"]
+
+
+@slow
+@pytest.mark.parametrize("emsize", [100, 200])
+def test_act_banks_are_lut_ram_up_to_4_kbit(tools, tmp_path, emsize):
+    """Each act bank copy of at most ACT_LUT_RAM_BITS is distributed RAM, a deeper one a DP16KD: a shallow
+    copy would take a whole block RAM (the small model on 16 x 2: 16 DP16KD, docs/hardware.md)."""
+    import subprocess
+
+    from ccflow.arrayconfig import ArrayConfig
+    from ccflow.fpga import YOSYS, _tool
+    from ccflow.generate import ACT_LUT_RAM_BITS, render_rtl, rtl_context
+    from ccflow.quantize import FloatModel, quantize
+
+    design = quantize(FloatModel.random(seed=1, vocab=13, emsize=emsize, hidden=(16,)), ArrayConfig(4, 2, 2))
+    ctx = rtl_context(design)
+    bank_bits = ctx["act_bank_bits"]
+    assert bank_bits == (4096 if emsize == 100 else 8192)  # 216 / 416 act words in 2 banks, two copies each
+    assert ctx["act_lut_ram"] == (bank_bits <= ACT_LUT_RAM_BITS)
+    rtl = tmp_path / "rtl"
+    render_rtl(design, rtl)
+    subprocess.run([_tool(YOSYS), "-q", "-p", "read_verilog -I. ccflow_act_mem.v ccflow_ram.v; "
+                    "synth_ecp5 -top ccflow_act_mem; tee -q -o stat.json stat -json"],
+                   cwd=rtl, check=True, capture_output=True, text=True, timeout=600)
+    cells = json.loads((rtl / "stat.json").read_text())["design"]["num_cells_by_type"]
+    copies = ctx["cols"] * ctx["alpha"]
+    if ctx["act_lut_ram"]:  # 16 words x 4 bits per TRELLIS_DPR16X4
+        assert cells.get("TRELLIS_DPR16X4") == copies * bank_bits // 64 and "DP16KD" not in cells, cells
+    else:
+        assert cells.get("DP16KD", 0) + cells.get("PDPW16KD", 0) == copies and "TRELLIS_DPR16X4" not in cells, cells

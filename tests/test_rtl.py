@@ -168,7 +168,7 @@ def test_mem_files_round_trip(rendered):
     sb = rtl_context(design)["split_bits"]
     assert (meta >> (bb + 2)) & ((1 << sb) - 1) == design.tile_split[t]
     row = meta >> (bb + 2 + sb)  # the tile's row of addrs.mem: the act words it reads
-    words = int((out / "addrs.mem").read_text().split()[row], 16)
+    words = address_row_words(out, design)[row]
     lb, alpha = rtl_context(design)["local_bits"], design.array.alpha
     for c in range(design.array.cols):
         for k in range(alpha):
@@ -185,6 +185,24 @@ def tile_metas(rtl_dir, design) -> list[int]:
     return [(lines[t % rows] >> (t // rows * bits)) & ((1 << bits) - 1) for t in range(design.n_tiles)]
 
 
+def test_tile_rom_banks_are_halved_only_where_the_last_bank_would_be_half_empty():
+    """Banks of 1,024 tiles, or of 512 when the tiles past the last full 1,024 fit in 512 (a last bank of
+    1,024 would waste more than half its block RAM; docs/hardware.md)."""
+    assert tile_rom_shape(675) == (675, 1) and tile_rom_shape(1024) == (1024, 1)
+    assert tile_rom_shape(6875) == (1024, 7) and tile_rom_shape(5085) == (1024, 5)  # 731 and 989 past 1,024s
+    assert tile_rom_shape(6604) == (512, 13) and tile_rom_shape(1025) == (512, 3)   # 460 and 1
+    assert tile_rom_shape(4659, bank_rows=512) == (512, 10)  # addrs.mem: always banks of 512
+
+
+def address_row_words(rtl_dir, design) -> list[int]:
+    """Each address row of addrs.mem, unfolded: row a in line a % rows, bank a // rows (docs/hardware.md)."""
+    ctx = rtl_context(design)
+    rows, bits = ctx["addr_rom_rows"], design.array.cols * design.array.alpha * ctx["local_bits"]
+    lines = [int(w, 16) for w in (Path(rtl_dir) / "addrs.mem").read_text().split()]
+    assert len(lines) == rows
+    return [(lines[a % rows] >> (a // rows * bits)) & ((1 << bits) - 1) for a in range(ctx["n_addr_rows"])]
+
+
 def test_tiles_that_read_the_same_words_share_an_address_row(tmp_path):
     """addrs.mem keeps one row per distinct set of act words: with whole-matrix groups the row
     blocks of a matrix read the same words, so there are far fewer rows than tiles, and every
@@ -193,12 +211,12 @@ def test_tiles_that_read_the_same_words_share_an_address_row(tmp_path):
     design = quantize(model, ArrayConfig(8, 2, 4), packings)
     ctx = rtl_context(design)
     render_rtl(design, tmp_path)
-    rows = (tmp_path / "addrs.mem").read_text().split()
+    rows = address_row_words(tmp_path, design)
     metas = tile_metas(tmp_path, design)
     assert len(rows) == ctx["n_addr_rows"] < design.n_tiles // 2
     lb, alpha, cols = ctx["local_bits"], design.array.alpha, design.array.cols
     for t, meta in enumerate(metas):
-        words = int(rows[meta >> ctx["tile_info_bits"]], 16)
+        words = rows[meta >> ctx["tile_info_bits"]]
         got = [(words >> (i * lb)) & ((1 << lb) - 1) for i in range(cols * alpha)]
         assert got == list((design.tile_addr[t] // alpha).reshape(-1)), t
 

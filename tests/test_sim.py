@@ -170,9 +170,12 @@ UNUSUAL = {
                                                        cell_bits=10, weight_section="model"))),
     # row blocks shorter than a tile: some tile starts two blocks, so the bias ROM is read twice
     "short-blocks": (dict(vocab=11, emsize=8, hidden=(8,)), ArrayConfig(4, 8, 8)),
-    # one array column, so blocks start 16 tiles apart: each block's bias is fetched in 4 words of
-    # 4 rows while its first tile is in the pipeline, and the pointwise unit runs 4 phases of 1 lane
+    # one array column, so blocks start 16 tiles apart: each block's bias is fetched in 8 words of
+    # 2 rows while its first tile is in the pipeline, and the pointwise unit runs 4 phases of 1 lane
     "bias-phases": (dict(vocab=11, emsize=16, hidden=(30,)), ArrayConfig(16, 1, 4)),
+    # 1,240 tiles and 581 address rows: the tile ROMs (3 banks of 512 tiles: the 216 past the first 1,024 fit
+    # in half a bank) and addrs.mem (2 banks of 512 rows) are each read across banks
+    "many-banks": (dict(vocab=13, emsize=20, hidden=(28,)), ArrayConfig(4, 1, 2)),
 }
 
 
@@ -182,7 +185,9 @@ def unusual_rtl(request, tmp_path_factory):
     design = quantize(FloatModel.random(seed=4, **model_kw), array)
     ctx = rtl_context(design)
     assert ctx["bias_ports"] == (2 if request.param == "short-blocks" else 1)
-    assert (ctx["bias_phases"], ctx["pw_phases"]) == ((4, 4) if request.param == "bias-phases" else (1, ctx["pw_phases"]))
+    phases = {"bias-phases": (8, 4), "many-banks": (4, 1)}  # one column: blocks start 4 and 16 tiles apart
+    assert (ctx["bias_phases"], ctx["pw_phases"]) == phases.get(request.param, (1, ctx["pw_phases"]))
+    assert (ctx["tile_rom_banks"], ctx["addr_rom_banks"]) == ((3, 2) if request.param == "many-banks" else (1, 1))
     return design, _render(tmp_path_factory, f"unusual-{request.param}", design)
 
 

@@ -23,6 +23,9 @@ that are not fixed by docs/hardware.md are chosen here:
 ``sel_bits``        ``ArrayConfig.sel_bits`` (log2 alpha, at least 1)
 ``bank_bits``       clog2(alpha): the act bank (address mod alpha)
 ``local_bits``      clog2(act_size / alpha): a word in a bank (``addrs.mem``)
+``act_bank_bits``   (2 << local_bits) x act_bits: one copy of an act bank, both copies of every word
+``act_lut_ram``     act banks in LUT RAM when act_bank_bits is at most :data:`ACT_LUT_RAM_BITS`,
+                    else block RAM (ccflow_act_mem, ccflow_ram's LUT_RAM)
 ``shift_bits``      bits of max(max_shift, largest row shift): ``shift.mem``
 ``bias_bits``       signed bits of the largest bias (at most acc_bits): ``bias.mem``, sign-extended
                     to the accumulator (a 32-row block's bias word sets the ROM's block-RAM width)
@@ -34,10 +37,12 @@ that are not fixed by docs/hardware.md are chosen here:
 ``cell_stages``     :data:`CELL_STAGES`: mx_cell's latency, inputs to product
 ``array_stages``    1 + cell_stages + tree_stages: mx_array's latency, inputs to row sums
 ``meta_stage``      3: the cycle a tile's ``tiles.mem`` word arrives (ccflow_tile_rom, addressed in 0)
-``acc_stage``       meta_stage + 4 + array_stages: the cycle S of a tile's accumulation (docs/hardware.md)
-``tile_rom_rows``   min(tiles, 1024): tiles per bank of ``tiles.mem``/``weights.mem``/``selects.mem``;
+``acc_stage``       meta_stage + 5 + array_stages: the cycle S of a tile's accumulation (docs/hardware.md)
+``tile_rom_rows``   min(tiles, 1024 or 512: :func:`tile_rom_bank_rows`): tiles per bank of ``tiles.mem``/``weights.mem``/``selects.mem``;
                     ``tile_rom_banks`` banks, side by side in a row (:func:`fold_tiles`, ccflow_tile_rom)
 ``n_addr_rows``     the distinct rows of act words of the tiles (addrs.mem, :func:`address_rows`)
+``addr_rom_rows``   min(n_addr_rows, 512): address rows per bank of ``addrs.mem``, ``addr_rom_banks``
+                    banks side by side (:func:`fold_tiles`, ccflow_tile_rom; :data:`ADDR_ROM_ROWS`)
 ``row_group``       4: array rows served by one register copy of the columns' inputs
 ``mul_stages``      :data:`MUL_STAGES`: ccflow_mul's latency (every multiplier of the design)
 ``h_stage``         9 + 2 mul_stages: the pointwise unit's stage that writes h (ccflow_pointwise)
@@ -75,18 +80,45 @@ CELL_STAGES = 1 + MUL_STAGES
 
 # Tiles per bank of the per-tile ROMs (tiles, weights, selects: ccflow_tile_rom): 1,024, the depth of one ECP5
 # DP16KD port at 18 bits (and of a Xilinx RAMB18 at 18), as yosys's own cascade of these ROMs uses.
-# Banks of 512 (the 512 x 36 aspect) doubled the banks, every one delivering a whole word across the
-# die, and stalled nextpnr's router on the `small` design (docs/hardware.md).
+# Banks of 512 (the 512 x 36 aspect) double the banks, every one delivering a whole word across the die,
+# and stalled nextpnr's router on the whole-matrix `small` design (6,875 tiles, docs/hardware.md), so they
+# are used only where they save block RAM: when the tiles past the last full bank of 1,024 fit in 512, a
+# last bank of 1,024 would stand more than half empty at the full word's width (`small-cpcc` on 16 x 2:
+# 6,604 tiles, 210 DP16KD of the 85F's 208 in banks of 1,024, 200 in banks of 512).
 TILE_ROM_ROWS = 1024
 
+# Act banks of at most this many bits (both copies: 2 << local_bits words of act_bits) are LUT RAM, not
+# block RAM. A DP16KD holds 18 kbit but serves one bank copy whatever its depth, and there are cols x
+# alpha copies: the `small` model on 16 x 2 spends 16 DP16KD on 4-kbit banks (32 on 2-kbit ones at
+# alpha 16), the difference between 223 and 207 of the LFE5U-85F's 208 (docs/hardware.md). A 4-kbit
+# bank is 64 TRELLIS_DPR16X4 (256 x 16 bit: a sixteenth of a percent of the 85F's 10,455 each);
+# deeper banks (the `ptbc-paper` shape: 1,024 words) keep their block RAM.
+ACT_LUT_RAM_BITS = 4096
 
-def tile_rom_shape(n_tiles: int, bank_rows: int = TILE_ROM_ROWS) -> tuple[int, int]:
-    """(rows, banks) of tiles.mem, weights.mem and selects.mem: tile t is row t % rows of bank t // rows."""
-    rows = min(n_tiles, bank_rows)
+# Address rows per bank of addrs.mem (ccflow_tile_rom): 512, one DP16KD deep at its widest aspect (512 x 36), so
+# no bank is a cascade in depth. Row-block groups keep nearly one row per tile (4,469 rows for 6,469 tiles on the
+# trained `small-cpcc` model on 16 x 2): read as one ROM, yosys cascaded it five block RAMs deep and the
+# multiplexer after their unregistered outputs, 4.5 ns of routing away, set the design's clock (76.6 MHz,
+# docs/hardware.md). Its words are narrow (cols x alpha x local_bits), so banks of 512 do not flood the router
+# the way the weight ROM's did.
+ADDR_ROM_ROWS = 512
+
+
+def tile_rom_bank_rows(n_tiles: int) -> int:
+    """Tiles per bank of the tile ROMs: TILE_ROM_ROWS, or half of it when the tiles past the last full bank
+    fit in half a bank (the one place that decides it; see TILE_ROM_ROWS)."""
+    tail = n_tiles % TILE_ROM_ROWS
+    return TILE_ROM_ROWS // 2 if n_tiles > TILE_ROM_ROWS and 0 < tail <= TILE_ROM_ROWS // 2 else TILE_ROM_ROWS
+
+
+def tile_rom_shape(n_tiles: int, bank_rows: int | None = None) -> tuple[int, int]:
+    """(rows, banks) of tiles.mem, weights.mem and selects.mem (banks of :func:`tile_rom_bank_rows`), or with
+    ``bank_rows`` = ADDR_ROM_ROWS of addrs.mem: tile t is row t % rows of bank t // rows."""
+    rows = min(n_tiles, bank_rows or tile_rom_bank_rows(n_tiles))
     return rows, -(-n_tiles // rows)
 
 
-def fold_tiles(values: np.ndarray, bank_rows: int = TILE_ROM_ROWS) -> np.ndarray:
+def fold_tiles(values: np.ndarray, bank_rows: int | None = None) -> np.ndarray:
     """[tiles, n] -> [rows, banks * n]: row r holds tile b * rows + r at columns [b*n, (b+1)*n), zero
     past the last tile (the banked word layout of ccflow_tile_rom)."""
     rows, banks = tile_rom_shape(len(values), bank_rows)
@@ -158,6 +190,8 @@ def rtl_context(design: Design) -> dict:
         rq_bits=max(fmt.acc_bits, (1 << shift_bits) - 1) + 2,  # round_shift of an accumulator
         vocab=design.vocab_size, tok_bits=bits_for(design.vocab_size), emsize=design.emsize,
         act_size=design.act_size, bank_bits=bits_for(alpha), local_bits=local_bits,
+        act_bank_bits=(2 << local_bits) * fmt.act_bits,  # one copy of a bank: 2 << local_bits words
+        act_lut_ram=(2 << local_bits) * fmt.act_bits <= ACT_LUT_RAM_BITS,
         emb_words=emb_words, emb_word_bits=bits_for(emb_words),
         cell_size=design.cell_size, cell_words=cell_words, cell_word_bits=bits_for(cell_words),
         pw_phases=pw_phases, pw_lanes=pw_lanes, pw_phase_bits=bits_for(pw_phases),
@@ -173,8 +207,8 @@ def rtl_context(design: Design) -> dict:
         array_stages=array_stages,  # mx_array: cycles from its inputs to its row sums
         meta_stage=meta_stage,
         # S: cycle of a tile's accumulation, from its issue in cycle 0: tiles.mem word, addrs.mem
-        # (two cycles), the act banks (two: the block RAM, its output register), the array
-        acc_stage=meta_stage + 4 + array_stages,
+        # (three cycles, ccflow_tile_rom), the act banks (two: the RAM, its output register), the array
+        acc_stage=meta_stage + 5 + array_stages,
         row_group=4,  # array rows served by one copy of the columns' inputs (mx_array)
         h_stage=9 + 2 * MUL_STAGES,  # ccflow_pointwise's stage that writes h (two multiplies in series)
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
@@ -196,6 +230,8 @@ def rtl_context(design: Design) -> dict:
     ctx["bias_phase_bits"] = bits_for(ctx["bias_phases"])
     ctx["n_addr_rows"] = len(address_rows(design)[0])
     ctx["addr_row_bits"] = bits_for(ctx["n_addr_rows"])
+    ctx["addr_rom_rows"], ctx["addr_rom_banks"] = tile_rom_shape(ctx["n_addr_rows"], ADDR_ROM_ROWS)
+    ctx["addr_rom_row_bits"] = bits_for(ctx["addr_rom_rows"])
     ctx["tile_info_bits"] = block_bits + 2 + ctx["split_bits"]
     ctx["tile_meta_bits"] = ctx["tile_info_bits"] + ctx["addr_row_bits"]
     return ctx
@@ -478,7 +514,7 @@ def mem_layout(design: Design) -> dict[str, tuple[list[tuple[np.ndarray, int, bo
     return {
         "weights.mem": ([(fold_tiles(design.tile_weight.reshape(t, -1)), fmt.weight_bits, True)], ctx["tile_rom_rows"]),
         "selects.mem": ([(fold_tiles(design.tile_sel.reshape(t, -1)), ctx["sel_bits"], False)], ctx["tile_rom_rows"]),
-        "addrs.mem": ([(addr_rows, ctx["local_bits"], False)], len(addr_rows)),
+        "addrs.mem": ([(fold_tiles(addr_rows, ADDR_ROM_ROWS), ctx["local_bits"], False)], ctx["addr_rom_rows"]),
         "tiles.mem": (tile_meta_fields(design, ctx, addr_row), ctx["tile_rom_rows"]),
         "bias.mem": ([(design.block_bias.reshape(design.n_blocks * ctx["bias_phases"], -1), ctx["bias_bits"], True)],
                      design.n_blocks * ctx["bias_phases"]),
