@@ -91,7 +91,7 @@ TILE_ROM_ROWS = 1024
 # block RAM. A DP16KD holds 18 kbit but serves one bank copy whatever its depth, and there are cols x
 # alpha copies: the `small` model on 16 x 2 spends 16 DP16KD on 4-kbit banks (32 on 2-kbit ones at
 # alpha 16), the difference between 223 and 207 of the LFE5U-85F's 208 (docs/hardware.md). A 4-kbit
-# bank is 64 TRELLIS_DPR16X4 (256 x 16 bit: a sixteenth of a percent of the 85F's 10,455 each);
+# bank is 64 TRELLIS_DPR16X4 (256 x 16 bit; 0.6% of the 85F's 10,455 each);
 # deeper banks (the `ptbc-paper` shape: 1,024 words) keep their block RAM.
 ACT_LUT_RAM_BITS = 4096
 
@@ -165,6 +165,7 @@ def rtl_context(design: Design) -> dict:
     psum = psum_bits(arr)
     tree_levels = bits_for(cols) if cols > 1 else 0
     local_bits = bits_for(design.act_size // alpha)
+    act_bank_bits = (2 << local_bits) * fmt.act_bits  # one copy of a bank: both copies of its words
     cell_words = max(1, design.cell_size // units)
     pw_phases = pointwise_phases(design)
     pw_lanes = units // pw_phases
@@ -190,8 +191,7 @@ def rtl_context(design: Design) -> dict:
         rq_bits=max(fmt.acc_bits, (1 << shift_bits) - 1) + 2,  # round_shift of an accumulator
         vocab=design.vocab_size, tok_bits=bits_for(design.vocab_size), emsize=design.emsize,
         act_size=design.act_size, bank_bits=bits_for(alpha), local_bits=local_bits,
-        act_bank_bits=(2 << local_bits) * fmt.act_bits,  # one copy of a bank: 2 << local_bits words
-        act_lut_ram=(2 << local_bits) * fmt.act_bits <= ACT_LUT_RAM_BITS,
+        act_bank_bits=act_bank_bits, act_lut_ram=act_bank_bits <= ACT_LUT_RAM_BITS,
         emb_words=emb_words, emb_word_bits=bits_for(emb_words),
         cell_size=design.cell_size, cell_words=cell_words, cell_word_bits=bits_for(cell_words),
         pw_phases=pw_phases, pw_lanes=pw_lanes, pw_phase_bits=bits_for(pw_phases),
