@@ -33,7 +33,7 @@ help: ## list targets and variables
 	@echo
 	@echo "variables: CONFIG=$(CONFIG) (preset in configs/ or a .toml path)  DATA=$(DATA) (corpus folder/file)"
 	@echo "           SIM=$(SIM)  SIMS=$(SIMS)  TOKENS=$(TOKENS) (stimulus tokens)  ARGS=$(ARGS) (extra train args)"
-	@echo "           BUILD=$(BUILD) (output folder)  FPGA_ARGS=$(FPGA_ARGS) (extra ccflow fpga args: --xilinx, --freq MHZ, --require-timing, --synth-only, --router router2, --placer-density F, --placer-timing-weight N, --placer-critexp N)"
+	@echo "           BUILD=$(BUILD) (output folder)  FPGA_ARGS=$(FPGA_ARGS) (extra ccflow fpga args: --xilinx, --freq MHZ, --require-timing, --synth-only, --router router2, --placer-density F, --placer-timing-weight N, --placer-critexp N, --no-bram-outreg)"
 
 setup: $(SETUP) ## install iverilog + yosys (apt-get) and the Python package with pinned deps (pip)
 

@@ -205,6 +205,33 @@ def test_generated_memories_map_to_block_ram(generated):
 
 
 @slow
+def test_marked_block_ram_reads_get_their_output_register(generated):
+    """The tile ROMs and the activation tables register each block-RAM word once more, marked
+    ccflow_bram_outreg, so ccflow.ecp5_outreg moves those registers into their DP16KDs; the other
+    ROMs (bias, descriptors, embedding) keep theirs in the fabric."""
+    design, rtl, r = generated
+    top = json.loads((rtl / "fpga" / "ccflow_fpga_top.json").read_text())["modules"]["ccflow_fpga_top"]
+    used = {b for c in top["cells"].values() for p, bits in c["connections"].items()
+            if c["port_directions"].get(p) == "input" for b in bits}
+
+    def reads(c, port):  # a port whose data is used (a 36-bit read leaves on both DOA and DOB: port B)
+        if c["parameters"]["DATA_WIDTH_B"].rstrip() in ("36", f"{36:032b}"):
+            return port == "B"
+        return any(c["connections"][f"DO{port}{i}"][0] in used for i in range(18))
+
+    rams = {name: c for name, c in top["cells"].items() if c["type"] == "DP16KD"}
+    modes = {(name, p): c["parameters"][f"REGMODE_{p}"].rstrip() for name, c in rams.items() for p in "AB"
+             if reads(c, p)}
+    marked = [k for k in modes if re.search(r"\.(u_(tiles|weights|selects|addrs)_rom|g_(sigmoid|tanh)\[\d+\]\.u_lut)\.", k[0])]
+    assert len(marked) >= 4 and all(modes[k] == "OUTREG" for k in marked), modes
+    assert all(modes[k] == "NOREG" for k in modes if k not in marked), modes
+    # a 36-bit read is one port; a kept register of a port whose data nothing reads is absorbed as well
+    ports = sum(c["parameters"][f"REGMODE_{p}"].rstrip() == "OUTREG" for c in rams.values()
+                for p in ("B" if c["parameters"]["DATA_WIDTH_B"].rstrip() in ("36", f"{36:032b}") else "AB"))
+    assert r["bram_output_registers"]["ports"] == ports >= len(marked), (r["bram_output_registers"], marked)
+
+
+@slow
 def test_generated_design_meets_timing_within_a_lut_bound(generated):
     design, rtl, r = generated
     util = r["utilization"]

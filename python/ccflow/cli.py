@@ -161,7 +161,7 @@ def cmd_fpga(args) -> None:
         if not args.no_ecp5:
             run_ecp5(args.rtl, freq_mhz=args.freq, seed=args.seed, place=not args.synth_only, router=args.router,
                      placer_density=args.placer_density, timing_weight=args.placer_timing_weight,
-                     crit_exp=args.placer_critexp)
+                     crit_exp=args.placer_critexp, bram_outreg=not args.no_bram_outreg)
         if args.xilinx:
             run_xilinx(args.rtl)
     except FpgaError as e:  # one line naming the step and its log; a design too big prints its table first
@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="nextpnr HeAP timing weight (its default 10); larger pulls critical arcs shorter")
     fp.add_argument("--placer-critexp", type=int, default=None, metavar="N",
                     help="nextpnr HeAP criticality exponent (its default 2)")
+    fp.add_argument("--no-bram-outreg", action="store_true", help="keep the flip-flop after each block-RAM read in "
+                    "the fabric instead of the DP16KD's output register (for comparison)")
     fp.add_argument("--xilinx", action="store_true", help="also a yosys synth_xilinx estimate for an XC7VX485T")
     fp.add_argument("--no-ecp5", action="store_true", help="skip the ECP5 run (with --xilinx)")
     fp.add_argument("--require-timing", action="store_true", help="exit 1 when the clock target is not met")

