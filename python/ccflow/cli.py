@@ -258,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="nextpnr HeAP timing weight (its default 10); larger pulls critical arcs shorter")
     fp.add_argument("--placer-critexp", type=int, default=None, metavar="N",
                     help="nextpnr HeAP criticality exponent (its default 2)")
-    fp.add_argument("--no-bram-outreg", action="store_true", help="keep the flip-flop after each block-RAM read in "
-                    "the fabric instead of the DP16KD's output register (for comparison)")
+    fp.add_argument("--no-bram-outreg", action="store_true", help="keep the registers the RTL marks for a block RAM's "
+                    "output register (ccflow_bram_outreg) in the fabric, as yosys maps them (for comparison)")
     fp.add_argument("--xilinx", action="store_true", help="also a yosys synth_xilinx estimate for an XC7VX485T")
     fp.add_argument("--no-ecp5", action="store_true", help="skip the ECP5 run (with --xilinx)")
     fp.add_argument("--require-timing", action="store_true", help="exit 1 when the clock target is not met")

@@ -27,6 +27,8 @@ import json
 import os
 from pathlib import Path
 
+ATTRIBUTE = "ccflow_bram_outreg"  # on the register in the RTL; yosys keeps it on the wire's name
+
 # The read ports of a DP16KD: (REGMODE parameters, clock, its mux parameter, output clock enable,
 # resets, data-out pins). Two true ports of up to 18 bits, or -- DATA_WIDTH_B 36, yosys's mapping
 # of a 36-bit read (its $__PDPW16KD_) -- one read port B whose 36 bits leave on DOA and DOB. For that
@@ -34,6 +36,7 @@ from pathlib import Path
 # and clocks every read signal by CLKB; the rewrite does the same and ties OCEA to 1 as well, so the
 # register is enabled whichever enable the silicon consults.
 def read_ports(cell: dict) -> list[tuple[tuple[str, ...], str, str, str, tuple[str, ...], list[str]]]:
+    """The read ports of one netlist cell (none unless it is a DP16KD)."""
     if cell["type"] != "DP16KD":
         return []
     widths = (_param(cell, "DATA_WIDTH_A", "18"), _param(cell, "DATA_WIDTH_B", "18"))
@@ -65,9 +68,6 @@ def _plain_ff(ff: dict, clock: list) -> bool:
     reset_free = conn.get("LSR", ["0"]) == ["0"] and _param(ff, "LSRMUX", "LSR") == "LSR"
     return (conn.get("CLK") == clock and _param(ff, "CLKMUX", "CLK") == "CLK" and enable_free and reset_free
             and _param(ff, "REGSET", "RESET") == "RESET" and "M" not in conn)
-
-
-ATTRIBUTE = "ccflow_bram_outreg"
 
 
 def absorb_module(module: dict) -> tuple[int, int]:

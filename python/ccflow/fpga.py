@@ -105,9 +105,9 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
     exponent, default 2): larger values pull critical arcs shorter. The trained ``small`` on a 16 x 2
     array met 100 MHz with 30 and 4 (100.4 MHz), 96.3 MHz with the defaults (docs/hardware.md).
 
-    ``bram_outreg`` (default): the flip-flop after each block-RAM read becomes the DP16KD's output
-    register (:mod:`ccflow.ecp5_outreg`; 0.97 instead of 5.61 ns from clock to data); False keeps
-    yosys's netlist as it is, for comparison.
+    ``bram_outreg`` (default): the flip-flops the RTL marks ``ccflow_bram_outreg`` after a block-RAM
+    read become the DP16KD's output register (:mod:`ccflow.ecp5_outreg`; 0.97 instead of 5.61 ns
+    from clock to data); False keeps yosys's netlist as it is, for comparison.
 
     ``harness`` (default, for ``ccflow_top``): implement ``ccflow_fpga_top`` (:data:`HARNESS`) around
     it, which registers every port and folds the logits onto 16 pins -- the logits stream is far
@@ -348,6 +348,10 @@ def format_report(report: dict) -> str:
             gops = f", {report['effective_gops']:.2f} effective GOP/s" if "effective_gops" in report else ""
             lines.append(f"  {report['images_per_s']:,.0f} images/s at Fmax ({report['cycles_per_image']:.0f} "
                          f"cycles per image, {report['cycles_per_image_from']}){gops}")
+        moved = report.get("bram_output_registers")
+        if moved:
+            lines.append(f"  {moved['ports']} block-RAM read ports use their output register "
+                         f"({moved['flip_flops']:,} flip-flops moved in; --no-bram-outreg keeps them out)")
         if "synth_seconds" in report:
             lines.append(f"  yosys {report['synth_seconds']:.0f} s / {report['synth_peak_mb']:.0f} MB" +
                          (f", nextpnr {report['pnr_seconds']:.0f} s / {report['pnr_peak_mb']:.0f} MB"
