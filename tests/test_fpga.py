@@ -254,6 +254,33 @@ def test_synthesis_only_reports_cells_without_fmax(tools, tmp_path):
     assert "synthesis only" in format_report(read_report(rtl))
 
 
+# A ROM read into a register marked as the templates mark theirs (ccflow_tile_rom, ccflow_lut).
+MARKED_ROM = TOY_ROM.replace("output reg [35:0] data_o", "output wire [35:0] data_o").replace(
+    "  always @(posedge clk_i) data_o <= mem_q[addr_i];  // synchronous read: block RAM\n",
+    "  reg [35:0] row_q;\n"
+    "`ifdef CCFLOW_BRAM_OUTREG\n  (* keep, ccflow_bram_outreg *)\n`endif\n"
+    "  reg [35:0] out_q;\n"
+    "  always @(posedge clk_i) begin row_q <= mem_q[addr_i]; out_q <= row_q; end\n"
+    "  assign data_o = out_q;\n")
+
+
+@slow
+@pytest.mark.parametrize("outreg", [True, False])
+def test_output_register_mark_reaches_only_the_pass(tools, tmp_path, outreg):
+    """`ccflow fpga` defines the templates' macro only when ecp5_outreg runs: without the pass the
+    register is unmarked and not kept (a true baseline; the Xilinx estimate reads the RTL so too)."""
+    rtl = _write_toy(tmp_path / "rtl")
+    (rtl / "toy_rom.v").write_text(MARKED_ROM)
+    r = run_ecp5(rtl, harness=False, place=False, bram_outreg=outreg)
+    top = json.loads((rtl / "fpga" / "ccflow_top.json").read_text())["modules"]["ccflow_top"]
+    marked = [n for n, net in top["netnames"].items() if "ccflow_bram_outreg" in net["attributes"]]
+    modes = {c["parameters"]["REGMODE_B"].rstrip() for c in top["cells"].values() if c["type"] == "DP16KD"}
+    assert bool(marked) == outreg and modes == ({"OUTREG"} if outreg else {"NOREG"}), (marked, modes)
+    assert ("bram_output_registers" in r) == outreg
+    if outreg:
+        assert r["bram_output_registers"] == {"ports": 1, "flip_flops": 36}
+
+
 @slow
 def test_the_report_knows_which_rtl_it_measured(toy, tmp_path):
     """make summary shows fpga_report.json only for the RTL it was made from (the digest)."""

@@ -28,6 +28,9 @@ import os
 from pathlib import Path
 
 ATTRIBUTE = "ccflow_bram_outreg"  # on the register in the RTL; yosys keeps it on the wire's name
+# The templates put the mark (with keep) under this macro, which `ccflow fpga` defines for yosys only when
+# this pass runs: other flows, and the comparison without the pass, see the registers unmarked.
+DEFINE = "CCFLOW_BRAM_OUTREG"
 
 # The read ports of a DP16KD: (REGMODE parameters, clock, its mux parameter, output clock enable,
 # resets, data-out pins). Two true ports of up to 18 bits, or -- DATA_WIDTH_B 36, yosys's mapping
@@ -56,8 +59,8 @@ def _param(cell: dict, name: str, default: str = "") -> str:
 
 
 def _tied(cell: dict, pin: str, value: str) -> bool:
-    bits = cell["connections"].get(pin)
-    return bits is not None and bits == [value]
+    """Whether a one-bit pin is tied to the constant ``value`` ("0" or "1")."""
+    return cell["connections"].get(pin) == [value]
 
 
 def _plain_ff(ff: dict, clock: list) -> bool:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from .ecp5_outreg import absorb_output_registers
+from .ecp5_outreg import DEFINE as OUTREG_DEFINE, absorb_output_registers
 
 REPORT = "fpga_report.json"
 WORK = "fpga"
@@ -138,7 +138,8 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
     work = _fresh_workdir(rtl_dir / WORK, keep=("xilinx",))
     top, sources = _with_harness(rtl_dir, top, sources, harness)
     netlist, stat = f"{WORK}/{top}.json", f"{WORK}/yosys_stat.json"
-    script = (f"read_verilog -defer -I. {' '.join(sources)}; synth_ecp5 -top {top} -json {netlist}; "
+    define = f"-D{OUTREG_DEFINE} " if bram_outreg else ""
+    script = (f"read_verilog -defer {define}-I. {' '.join(sources)}; synth_ecp5 -top {top} -json {netlist}; "
               f"tee -q -o {stat} stat -json")
     synth = _run("yosys synth_ecp5", [_tool(YOSYS), "-q", "-l", f"{WORK}/yosys.log", "-p", script],
                  rtl_dir, timeout)
