@@ -157,6 +157,14 @@ RUNS["d0.25-wide-512-s0.92-a16-cpcc-rb-0.5"] = Run("methods", "3 x 512 pruned to
 RUNS["d0.5-wide-448-a16-cpcc-rb-0.5"] = Run("methods", "3 x 448 pruned to 90%, CPCC 0.5 in 32-row blocks, 16-input "
                                             "cells, dropout x0.5", dense(448, 0.5) + prune(0.9) + combine(0.5, True)
                                             + ("array.alpha=16",))
+# On 16-input cells CPCC 0.5 packs a pruned 3 x W to about a 16th of its dense cells, so the width sets the
+# cells: 3 x 384 sits at 7.18x, 3 x 352 at about 8.3x, 3 x 320 at about 10x (bank-balanced 90%: 9.89x, 1.9183 test BPC).
+RUNS["d0.25-wide-352-a16-cpcc-rb-0.5"] = Run("methods", "3 x 352 pruned to 90%, CPCC 0.5 in 32-row blocks, 16-input "
+                                             "cells, dropout x0.25", dense(352, 0.25) + prune(0.9) + combine(0.5, True)
+                                             + ("array.alpha=16",))
+RUNS["d0.25-wide-320-a16-cpcc-rb-0.5"] = Run("methods", "3 x 320 pruned to 90%, CPCC 0.5 in 32-row blocks, 16-input "
+                                             "cells, dropout x0.25", dense(320, 0.25) + prune(0.9) + combine(0.5, True)
+                                             + ("array.alpha=16",))
 # kd-cpcc-0.5 distilled a student with the preset's full dropout, which already underfits; this one distills the
 # recommended recipe (a quarter of the dropout) from dense 3 x 192 at half dropout (1.7679 test BPC, 0.13 ahead of
 # the undistilled student).
