@@ -6,7 +6,7 @@ from ccflow.config import ArrayConfig, Config, ConfigError, load_config
 
 
 def test_every_preset_loads():
-    for name in ("tiny", "small", "small-cpcc", "ptbc-paper", "enwik8-paper"):
+    for name in ("tiny", "small", "small-cpcc", "small-wide", "ptbc-paper", "enwik8-paper"):
         assert load_config(name).name == name
 
 

@@ -64,14 +64,14 @@ def test_targets_show_the_validation_gap_beside_the_test_gap():
     assert "validation" not in "\n".join(experiments.targets(RECORDS))  # nothing to show without valid_bpc
 
 
-def test_the_recommended_preset_is_the_run_that_measured_it():
-    """configs/small-cpcc.toml must stay the settings of the frontier run docs/results.md recommends."""
+@pytest.mark.parametrize("preset", sorted(experiments.PRESETS))
+def test_each_recommended_preset_is_the_run_that_measured_it(preset):
+    """configs/small-cpcc.toml and small-wide.toml must stay the settings of the frontier runs the docs recommend."""
     from ccflow.config import load_config
 
-    run = experiments.RUNS[experiments.RECOMMENDED]
+    run = experiments.RUNS[experiments.PRESETS[preset]]
     measured = load_config("small", [*experiments.BUDGET, *run.overrides, f"train.epochs={experiments.EPOCHS}"])
-    preset = load_config("small-cpcc")
-    assert preset.to_dict() == measured.to_dict() | {"name": "small-cpcc"}
+    assert load_config(preset).to_dict() == measured.to_dict() | {"name": preset}
 
 
 def test_a_recount_trains_nothing_and_cites_the_run_that_trained_its_model():
