@@ -13,7 +13,8 @@ import pytest
 from ccflow.arrayconfig import ArrayConfig, NumberFormats
 from ccflow.design import Design
 from ccflow.generate import (MEM_FILES, TEMPLATE_DIR, RenderError, block_interval, fold_tiles, mem_layout, pack_words,
-                             read_mem, render_rtl, rtl_context, signed_bits, start_interval, tile_rom_shape)
+                             read_mem, render_rtl, rtl_context, shift_add, signed_bits, start_interval,
+                             tile_rom_shape)
 from ccflow.quantize import FloatModel, quantize
 from ccflow.simulate import SimulationError, lint_verilator, parse_pyverilog, yosys_stat
 
@@ -127,6 +128,29 @@ def test_signed_bits_is_the_narrowest_twos_complement_width(values, bits):
     assert signed_bits(np.array(values)) == bits
 
 
+def _verilog_value(expr: str, **values) -> int:
+    """Evaluate the zero-extends, shifts and sums that shift_add writes: {n'd0, x} is x, {x, s'd0} is x << s."""
+    import re
+    inner = re.compile(r"\{([^{}]*)\}")
+    while "{" in expr:
+        def concat(m):
+            a, b = m.group(1).split(", ")
+            shift = b.split("'")[0]
+            return f"({b})" if re.fullmatch(r"\d+'d0", a) else f"(({a}) << {shift})"
+        expr = inner.sub(concat, expr)
+    return eval(expr, {}, values)
+
+
+def test_shift_add_multiplies_by_a_constant_with_shifts_and_adds():
+    """The embedding loader's token * EMB_WORDS: no `*` (yosys put even a constant product on a DSP block)."""
+    for k in range(1, 40):
+        for tok in (0, 1, 5, 49):
+            expr = shift_add("tok", 6, k, 12)
+            assert "*" not in expr and _verilog_value(expr, tok=tok) == tok * k, (k, expr)
+    with pytest.raises(RenderError, match="do not fit"):
+        shift_add("tok", 6, 20, 8)
+
+
 def test_bias_words_are_as_wide_as_the_largest_bias(rendered):
     """bias.mem holds each row's bias in bias_bits (not the accumulator's width): the narrowest
     two's-complement width of the design's biases, which the RTL sign-extends."""
@@ -174,6 +198,18 @@ def test_mem_files_round_trip(rendered):
         for k in range(alpha):
             got = (words >> ((c * alpha + k) * lb)) & ((1 << lb) - 1)
             assert got == design.tile_addr[t, c, k] // alpha and design.tile_addr[t, c, k] % alpha == k
+    # embedding.mem: word v * emb_words + j holds token v's act words j*alpha .. j*alpha + alpha - 1 (no
+    # padding between tokens), zero past emsize
+    ew, ab = rtl_context(design)["emb_words"], design.array.formats.act_bits
+    lines = (out / "embedding.mem").read_text().split()
+    assert len(lines) == design.vocab_size * ew
+    for v in (1, design.vocab_size - 1):
+        for j in range(ew):
+            word = int(lines[v * ew + j], 16)
+            for k in range(alpha):
+                x = (word >> (k * ab)) & ((1 << ab) - 1)
+                want = design.embedding[v, j * alpha + k] if j * alpha + k < design.emsize else 0
+                assert x - ((x >> (ab - 1)) << ab) == want
 
 
 def tile_metas(rtl_dir, design) -> list[int]:

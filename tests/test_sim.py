@@ -174,7 +174,8 @@ UNUSUAL = {
     # 2 rows while its first tile is in the pipeline, and the pointwise unit runs 4 phases of 1 lane
     "bias-phases": (dict(vocab=11, emsize=16, hidden=(30,)), ArrayConfig(16, 1, 4)),
     # 1,240 tiles and 581 address rows: the tile ROMs (3 banks of 512 tiles: the 216 past the first 1,024 fit
-    # in half a bank) and addrs.mem (2 banks of 512 rows) are each read across banks
+    # in half a bank) and addrs.mem (2 banks of 512 rows) are each read across banks; 10 embedding words a
+    # token, so embedding.mem's tokens start at multiples of 10, not of a power of two
     "many-banks": (dict(vocab=13, emsize=20, hidden=(28,)), ArrayConfig(4, 1, 2)),
 }
 
@@ -188,6 +189,8 @@ def unusual_rtl(request, tmp_path_factory):
     phases = {"bias-phases": (8, 4), "many-banks": (4, 1)}  # one column: blocks start 4 and 16 tiles apart
     assert (ctx["bias_phases"], ctx["pw_phases"]) == phases.get(request.param, (1, ctx["pw_phases"]))
     assert (ctx["tile_rom_banks"], ctx["addr_rom_banks"]) == ((3, 2) if request.param == "many-banks" else (1, 1))
+    if request.param == "many-banks":
+        assert (ctx["emb_words"], ctx["emb_rom_words"]) == (10, 130)
     return design, _render(tmp_path_factory, f"unusual-{request.param}", design)
 
 

@@ -193,6 +193,7 @@ def rtl_context(design: Design) -> dict:
         act_size=design.act_size, bank_bits=bits_for(alpha), local_bits=local_bits,
         act_bank_bits=act_bank_bits, act_lut_ram=act_bank_bits <= ACT_LUT_RAM_BITS,
         emb_words=emb_words, emb_word_bits=bits_for(emb_words),
+        emb_rom_words=design.vocab_size * emb_words, emb_addr_bits=bits_for(design.vocab_size * emb_words),
         cell_size=design.cell_size, cell_words=cell_words, cell_word_bits=bits_for(cell_words),
         pw_phases=pw_phases, pw_lanes=pw_lanes, pw_phase_bits=bits_for(pw_phases),
         cell_ram_words=cell_words * pw_phases,  # {row block, phase}: PHASES is a power of two
@@ -352,15 +353,15 @@ def matrix_descriptors(design: Design) -> np.ndarray:
 
 
 def embedding_words(design: Design) -> np.ndarray:
-    """embedding.mem: word (token << EMB_WORD_BITS) + j holds act words j*alpha .. j*alpha + alpha - 1."""
-    ctx = rtl_context(design)
-    alpha, words = design.array.alpha, ctx["emb_words"]
+    """embedding.mem: word token * EMB_WORDS + j holds act words j*alpha .. j*alpha + alpha - 1.
+
+    Tokens follow each other without padding to a power of two: 22 words a token would take 32, and
+    on 3 x 320 (20 words a token) the 1,000 words fit one 1,024-deep block RAM column (15 DP16KD)
+    where 50 << 5 = 1,600 took a 2,048-deep one (29)."""
+    alpha, words = design.array.alpha, rtl_context(design)["emb_words"]
     padded = np.zeros((design.vocab_size, words * alpha), dtype=np.int64)
     padded[:, : design.emsize] = design.embedding
-    out = np.zeros((design.vocab_size << ctx["emb_word_bits"], alpha), dtype=np.int64)
-    idx = (np.arange(design.vocab_size)[:, None] << ctx["emb_word_bits"]) + np.arange(words)[None, :]
-    out[idx.reshape(-1)] = padded.reshape(-1, alpha)
-    return out
+    return padded.reshape(-1, alpha)
 
 
 # --- Verilog helpers available in every template ----------------------------
@@ -396,6 +397,20 @@ def popcount(vectors, width: int) -> str:
     return terms[0] if terms else f"{width}'d0"
 
 
+def shift_add(expr: str, frm: int, k: int, to: int) -> str:
+    """``expr * k`` for a constant ``k`` >= 1, written as a sum of shifted copies in ``to`` bits: synthesis
+    then builds adders (yosys maps a written ``*`` onto a DSP block even by a small constant)."""
+    if k < 1:
+        raise RenderError(f"shift_add({expr}): constant {k} must be >= 1")
+    terms = []
+    for s in (i for i in range(k.bit_length()) if k >> i & 1):
+        if frm + s > to:
+            raise RenderError(f"shift_add({expr}): {frm} bits << {s} do not fit {to}")
+        shifted = expr if s == 0 else f"{{{expr}, {s}'d0}}"
+        terms.append(zext(shifted, frm + s, to))
+    return " + ".join(terms) if len(terms) > 1 else terms[0]
+
+
 def half(shift: int) -> int:
     """The rounding constant of round_shift: (1 << shift) >> 1."""
     return (1 << shift) >> 1
@@ -407,7 +422,7 @@ def _environment(template_dir: Path):
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)), undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(sext=sext, zext=zext, lit=lit, half=half, popcount=popcount, max=max, min=min, range=range)
+    env.globals.update(sext=sext, zext=zext, lit=lit, half=half, popcount=popcount, shift_add=shift_add, max=max, min=min, range=range)
     return env
 
 
@@ -524,7 +539,7 @@ def mem_layout(design: Design) -> dict[str, tuple[list[tuple[np.ndarray, int, bo
                           (md[:, 2:3], 1, False), (md[:, 3:4], 1, False),
                           (md[:, 4:5], ctx["tile_bits"], False), (md[:, 5:6], ctx["tile_bits"], False)],
                          len(design.matrices)),
-        "embedding.mem": ([(embedding_words(design), fmt.act_bits, True)], design.vocab_size << ctx["emb_word_bits"]),
+        "embedding.mem": ([(embedding_words(design), fmt.act_bits, True)], ctx["emb_rom_words"]),
         "sigmoid.mem": ([(design.lut_sigmoid[:, None], fmt.act_bits, True)], fmt.lut_size),
         "tanh.mem": ([(design.lut_tanh[:, None], fmt.act_bits, True)], fmt.lut_size),
     }
