@@ -181,9 +181,9 @@ RUNS["d0.25-kd-t1-cpcc-rb-0.5"] = Run("methods", "distilled at T = 1 from dense 
                                       "32-row blocks, dropout x0.25", RUNS["d0.25-cpcc-rb-0.5"].overrides
                                       + ("train.distill_weight=0.5", "train.distill_temp=1.0"), teacher="dense-192-d0.5")
 
-# The presets that are a run's settings (tests/test_experiments.py holds them equal): the recommended recipe for
-# 3 x 256, which fits the LFE5U-85F, and the best BPC per cell at 8x (16-input cells; a larger device).
-PRESETS = {"small-cpcc": "d0.25-cpcc-rb-0.5", "small-wide": "d0.25-wide-352-a16-cpcc-rb-0.5"}
+# The presets that are a run's settings (tests/test_experiments.py holds them equal): the recipe on 3 x 256 and
+# the same on 3 x 320 with 16-input cells (better on both axes; both fit the LFE5U-85F on a 16 x 2 array).
+PRESETS = {"small-cpcc": "d0.25-cpcc-rb-0.5", "small-wide": "d0.25-wide-320-a16-cpcc-rb-0.5"}
 
 FAMILY_COLORS = {"dense": "black", "pruning only": "tab:gray", "bank-balanced": "tab:brown", "row-block CC": "tab:green",
                  "CPCC, row blocks": "tab:olive", "CPCC, whole matrices": "tab:red", "paper recipe": "tab:purple",
