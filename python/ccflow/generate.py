@@ -422,7 +422,8 @@ def _environment(template_dir: Path):
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)), undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(sext=sext, zext=zext, lit=lit, half=half, popcount=popcount, shift_add=shift_add, max=max, min=min, range=range)
+    env.globals.update(sext=sext, zext=zext, lit=lit, half=half, popcount=popcount, shift_add=shift_add,
+                       max=max, min=min, range=range)
     return env
 
 
