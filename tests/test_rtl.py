@@ -51,7 +51,7 @@ def rendered(request, tmp_path_factory):
 def test_render_writes_every_file(rendered):
     design, out, written = rendered
     names = {p.name for p in written}
-    assert {f"{m}.v" for m in MODULES} | {"ccflow_config.vh", "array_config.json", "design.npz"} | set(MEM_FILES) <= names
+    assert {f"{m}.v" for m in MODULES} | {"array_config.json", "design.npz"} | set(MEM_FILES) <= names
     assert all(p.is_file() and p.parent == out for p in written)
     assert Design.load(out).matrices == design.matrices
 
@@ -100,26 +100,48 @@ def test_top_has_the_agreed_interface(rendered):
         ("input", "s_axis_tdata"), ("output", "m_axis_tvalid"), ("input", "m_axis_tready"), ("output", "m_axis_tdata"),
         ("output", "trace_valid_o"), ("output", "trace_block_o"), ("output", "trace_acc_o"), ("output", "sat_count_o")]
     widths = {n: w.replace(" ", "") for _, w, n in ports}
-    assert widths["s_axis_tdata"] == "[`CCFLOW_TOK_BYTES*8-1:0]"
-    assert widths["m_axis_tdata"] == "[`CCFLOW_LOGIT_BYTES*8-1:0]"
-    assert widths["trace_block_o"] == "[`CCFLOW_BLOCK_BITS-1:0]"
-    assert widths["trace_acc_o"] == "[`CCFLOW_ROWS*`CCFLOW_ACC_BITS-1:0]"
+    assert widths["s_axis_tdata"] == "[TOK_BYTES*8-1:0]"
+    assert widths["m_axis_tdata"] == "[LOGIT_BYTES*8-1:0]"
+    assert widths["trace_block_o"] == "[BLOCK_BITS-1:0]"
+    assert widths["trace_acc_o"] == "[ROWS*ACC_BITS-1:0]"
     assert widths["sat_count_o"] == "[31:0]"
 
 
-def test_header_matches_the_design(rendered):
+# Building blocks sized per instance (their parameters are set where they are used).
+GENERIC = {"ccflow_rom", "ccflow_ram", "ccflow_lut", "ccflow_mul", "ccflow_pipe_reg", "ccflow_tile_rom"}
+
+
+def _sizes(out: Path) -> dict[str, set[int]]:
+    """Every numeric (local)parameter of the design-sized modules: name -> the values it has anywhere."""
+    sizes: dict[str, set[int]] = {}
+    for p in out.glob("*.v"):
+        if p.stem in GENERIC:
+            continue
+        for name, value in re.findall(r"\b(?:parameter|localparam)\s+integer\s+(\w+)\s*=\s*(\d+)\s*[,;)\n]",
+                                      p.read_text()):
+            sizes.setdefault(name, set()).add(int(value))
+    return sizes
+
+
+def test_sizes_match_the_design_and_agree_across_modules(rendered):
+    """The sizes are module parameters (no `define, no header); a name means one number in every
+    module that declares it, and that number is the design's."""
     design, out, _ = rendered
-    defines = dict(re.findall(r"`define\s+CCFLOW_(\w+)\s+(\d+)", (out / "ccflow_config.vh").read_text()))
+    sizes = _sizes(out)
     fmt, arr = design.array.formats, design.array
     want = {"ROWS": arr.rows, "COLS": arr.cols, "ALPHA": arr.alpha, "SEL_BITS": arr.sel_bits,
-            "WEIGHT_BITS": fmt.weight_bits, "ACT_BITS": fmt.act_bits, "ACT_FRAC": fmt.act_frac,
-            "ACC_BITS": fmt.acc_bits, "CELL_BITS": fmt.cell_bits, "LUT_BITS": fmt.lut_bits,
-            "LUT_SIZE": fmt.lut_size, "VOCAB": design.vocab_size, "EMSIZE": design.emsize,
-            "ACT_SIZE": design.act_size, "CELL_SIZE": design.cell_size, "TILES": design.n_tiles,
-            "BLOCKS": design.n_blocks, "LAYERS": len(design.lstm_layers), "MATRICES": len(design.matrices),
+            "WEIGHT_BITS": fmt.weight_bits, "ACT_BITS": fmt.act_bits, "ACC_BITS": fmt.acc_bits,
+            "CELL_BITS": fmt.cell_bits, "LUT_BITS": fmt.lut_bits, "VOCAB": design.vocab_size,
+            "BLOCKS": design.n_blocks, "MATRICES": len(design.matrices),
             "TOK_BITS": max(1, math.ceil(math.log2(design.vocab_size))),
             "BLOCK_BITS": max(1, math.ceil(math.log2(design.n_blocks)))}
-    assert {k: int(defines[k]) for k in want} == want
+    assert {k: sizes.get(k) for k in want} == {k: {v} for k, v in want.items()}
+    ctx = rtl_context(design)
+    for name, values in sizes.items():
+        if name.lower() in ctx and isinstance(ctx[name.lower()], int):
+            assert values == {ctx[name.lower()]}, name
+    for p in out.glob("*.v"):
+        assert not re.search(r"`(define|include)\b", re.sub(r"//.*", "", p.read_text())), p.name
 
 
 @pytest.mark.parametrize("values, bits", [([0], 2), ([1], 2), ([-2], 2), ([2], 3), ([-3], 3), ([127, -128], 8),
@@ -157,7 +179,7 @@ def test_bias_words_are_as_wide_as_the_largest_bias(rendered):
     design, out, _ = rendered
     bits = rtl_context(design)["bias_bits"]
     assert bits <= design.array.formats.acc_bits
-    assert "`define CCFLOW_BIAS_BITS   %d " % bits in (out / "ccflow_config.vh").read_text()
+    assert _sizes(out)["BIAS_BITS"] == {bits}
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     assert design.block_bias.min() >= lo and design.block_bias.max() <= hi
     if bits > 2:  # one bit fewer would not hold them
@@ -321,7 +343,7 @@ def test_the_ip_files_list_the_design(rendered, tmp_path):
 
     design, out, written = rendered
     files = [ln for ln in (out / "files.f").read_text().splitlines() if ln and not ln.startswith("//")]
-    assert files[1:] == [f"{m}.v" for m in MODULES] and files[0] == "+incdir+."
+    assert files == [f"{m}.v" for m in MODULES]
     core = (out / "ccflow.core").read_text()
     assert core.startswith("CAPI=2:") and "toplevel: ccflow_top" in core
     assert all(f"- {m}.v" in core for m in MODULES) and all(f"- {name}: {{copyto: {name}}}" in core for name in MEM_FILES)
@@ -336,20 +358,24 @@ def test_an_array_taller_than_the_banks_can_take_is_refused():
         rtl_context(design)
 
 
+def _fill(tb: str, ctx: dict) -> str:
+    """A hand-written bench with the design's sizes: @name@ is rtl_context's name."""
+    return re.sub(r"@([a-z_]+)@", lambda m: str(ctx[m.group(1)]), tb)
+
+
 ACT_MEM_TB = """
-`include "ccflow_config.vh"
 module tb;
   reg clk = 0;
   reg emb_we = 0;
-  reg [`CCFLOW_PW_LANES-1:0] h_we = 0;
-  wire [`CCFLOW_COLS*`CCFLOW_ALPHA*`CCFLOW_ACT_BITS-1:0] rd_data;
+  reg [@pw_lanes@-1:0] h_we = 0;
+  wire [@cols@*@alpha@*@act_bits@-1:0] rd_data;
   ccflow_act_mem u_dut (
-    .clk_i(clk), .rd_addr_i({`CCFLOW_COLS*`CCFLOW_ALPHA*`CCFLOW_LOCAL_BITS{1'b0}}), .parity_i(1'b0),
-    .own_i({(`CCFLOW_LOCAL_BITS+1){1'b0}}), .own_valid_i(1'b0), .rd_data_o(rd_data),
-    .h_we_i(h_we), .h_bank_i({`CCFLOW_PW_LANES*`CCFLOW_BANK_BITS{1'b0}}),
-    .h_word_i({`CCFLOW_PW_LANES*`CCFLOW_LOCAL_BITS{1'b0}}), .h_i({`CCFLOW_PW_LANES*`CCFLOW_ACT_BITS{1'b0}}),
-    .h_copy_i(1'b0), .emb_we_i(emb_we), .emb_word_i({`CCFLOW_LOCAL_BITS{1'b0}}), .emb_copy_i(1'b0),
-    .emb_i({`CCFLOW_ALPHA*`CCFLOW_ACT_BITS{1'b0}})
+    .clk_i(clk), .rd_addr_i({@cols@*@alpha@*@local_bits@{1'b0}}), .parity_i(1'b0),
+    .own_i({(@local_bits@+1){1'b0}}), .own_valid_i(1'b0), .rd_data_o(rd_data),
+    .h_we_i(h_we), .h_bank_i({@pw_lanes@*@bank_bits@{1'b0}}),
+    .h_word_i({@pw_lanes@*@local_bits@{1'b0}}), .h_i({@pw_lanes@*@act_bits@{1'b0}}),
+    .h_copy_i(1'b0), .emb_we_i(emb_we), .emb_word_i({@local_bits@{1'b0}}), .emb_copy_i(1'b0),
+    .emb_i({@alpha@*@act_bits@{1'b0}})
   );
   initial begin
     #1 clk = 1; #1 clk = 0;
@@ -373,7 +399,7 @@ def test_the_rtl_assertions_fire(tmp_path, emb_we, h_we, fires):
     assert rtl_context(design)["pw_lanes"] == 2  # two lanes can aim at one bank
     render_rtl(design, out)
     tb = tmp_path / "tb.v"
-    tb.write_text(ACT_MEM_TB.replace("EMB;", f"1'b{emb_we};").replace("H;", f"{h_we};"))
+    tb.write_text(_fill(ACT_MEM_TB, rtl_context(design)).replace("EMB;", f"1'b{emb_we};").replace("H;", f"{h_we};"))
     vvp = tmp_path / "tb.vvp"
     subprocess.run(["iverilog", "-g2012", "-I", str(out), "-o", str(vvp), str(tb), str(out / "ccflow_act_mem.v"),
                     str(out / "ccflow_ram.v")], check=True, capture_output=True, text=True)
@@ -476,12 +502,11 @@ def read_mem_words(design, name):
 
 
 POINTWISE_TB = """
-`include "ccflow_config.vh"
 module tb;
   reg clk = 0, rst_n = 0, valid = 0;
   ccflow_pointwise #(.MEM_DIR("@RTL@")) u_dut (
-    .clk_i(clk), .rst_ni(rst_n), .valid_i(valid), .z_i({`CCFLOW_ROWS*`CCFLOW_ACT_BITS{1'b0}}),
-    .desc_i({`CCFLOW_BDESC_BITS{1'b0}}), .tag_i({`CCFLOW_TAG_BITS{1'b0}}), .h_we_o(), .h_bank_o(), .h_word_o(),
+    .clk_i(clk), .rst_ni(rst_n), .valid_i(valid), .z_i({@rows@*@act_bits@{1'b0}}),
+    .desc_i({@bdesc_bits@{1'b0}}), .tag_i({@tag_bits@{1'b0}}), .h_we_o(), .h_bank_o(), .h_word_o(),
     .h_o(), .h_copy_o(), .h_we_soon_o(), .commit_o(), .commit_mat_o(), .sat_events_o()
   );
   integer i;
@@ -514,7 +539,7 @@ def test_a_block_within_the_phases_of_the_one_before_stops_the_simulation(tmp_pa
     assert rtl_context(design)["pw_phases"] == 2
     render_rtl(design, out)
     tb = tmp_path / "tb.v"
-    tb.write_text(POINTWISE_TB.replace("@RTL@", str(out)).replace("GAP;", f"{gap};"))
+    tb.write_text(_fill(POINTWISE_TB, rtl_context(design)).replace("@RTL@", str(out)).replace("GAP;", f"{gap};"))
     vvp = tmp_path / "tb.vvp"
     subprocess.run(["iverilog", "-g2012", "-I", str(out), "-o", str(vvp), str(tb)]
                    + [str(out / f"{m}.v") for m in ("ccflow_pointwise", "ccflow_ram", "ccflow_lut", "ccflow_mul")],

@@ -251,13 +251,13 @@ def _write_ip_files(design: CnnDesign, out_dir: Path) -> list[Path]:
     sources = [p.name for p in verilog_sources(out_dir)]
     files_f = out_dir / "files.f"
     files_f.write_text("// ccflow generated RTL: CNN top ccflow_top (Verilog-2001); read the .mem files from MEM_DIR\n"
-                       "+incdir+.\n" + "".join(f"{name}\n" for name in sources))
+                       + "".join(f"{name}\n" for name in sources))
     arr = design.array
     core = out_dir / "ccflow.core"
     lines = ["CAPI=2:", "name: ccflow:generated:ccflow_top:0.1.0",
              f"description: column-combined CNN accelerator, {arr.rows} x {arr.cols} MX cells, alpha {arr.alpha}",
              "filesets:", "  rtl:", "    file_type: verilogSource", "    files:",
-             "      - ccflow_config.vh: {is_include_file: true}", *[f"      - {n}" for n in sources],
+             *[f"      - {n}" for n in sources],
              "  mem:", "    file_type: user", "    files:", *[f"      - {n}: {{copyto: {n}}}" for n in sorted(MEM_FILES)],
              "targets:", "  default:", "    filesets: [rtl, mem]", "    toplevel: ccflow_top",
              "  lint:", "    default_tool: verilator", "    filesets: [rtl, mem]", "    toplevel: ccflow_top",

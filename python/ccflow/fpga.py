@@ -109,8 +109,8 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
     read become the DP16KD's output register (:mod:`ccflow.ecp5_outreg`; 0.97 instead of 5.61 ns
     from clock to data); False keeps yosys's netlist as it is, for comparison.
 
-    ``harness`` (default, for ``ccflow_top``): implement ``ccflow_fpga_top`` (:data:`HARNESS`) around
-    it, which registers every port and folds the logits onto 16 pins -- the logits stream is far
+    ``harness`` (default, for ``ccflow_top``): implement ``ccflow_fpga_top`` (rendered from
+    :data:`HARNESS_DIR`) around it, which registers every port and folds the logits onto 16 pins -- the logits stream is far
     wider than the package, and in a system it connects to fabric, not pins. Otherwise ``io``:
     "pads" places every top-level port bit on a package pin; "ooc" runs nextpnr
     ``--out-of-context`` (no IO buffers, no global clock promotion); "auto" uses pads and falls
@@ -139,7 +139,7 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
     top, sources = _with_harness(rtl_dir, top, sources, harness)
     netlist, stat = f"{WORK}/{top}.json", f"{WORK}/yosys_stat.json"
     define = f"-D{OUTREG_DEFINE} " if bram_outreg else ""
-    script = (f"read_verilog -defer {define}-I. {' '.join(sources)}; synth_ecp5 -top {top} -json {netlist}; "
+    script = (f"read_verilog -defer {define}{' '.join(sources)}; synth_ecp5 -top {top} -json {netlist}; "
               f"tee -q -o {stat} stat -json")
     synth = _run("yosys synth_ecp5", [_tool(YOSYS), "-q", "-l", f"{WORK}/yosys.log", "-p", script],
                  rtl_dir, timeout)
@@ -288,7 +288,7 @@ def run_xilinx(rtl_dir: str | Path, top: str = "ccflow_top", family: str = "xc7"
     work = _fresh_workdir(rtl_dir / WORK / "xilinx")
     top, sources = _with_harness(rtl_dir, top, sources, harness, sub=f"{WORK}/xilinx")
     sub = f"{WORK}/xilinx"
-    script = (f"read_verilog -defer -I. {' '.join(sources)}; synth_xilinx -family {family} -top {top} -flatten; "
+    script = (f"read_verilog -defer {' '.join(sources)}; synth_xilinx -family {family} -top {top} -flatten; "
               f"tee -q -o {sub}/yosys_stat.json stat -json")
     synth = _run(f"yosys synth_xilinx -family {family}",
                  [_tool(YOSYS), "-q", "-l", f"{sub}/yosys.log", "-p", script], rtl_dir, timeout)
@@ -376,19 +376,30 @@ def _table(util: dict, order: list[str]) -> list[str]:
 
 # --- running the tools ----------------------------------------------------------------------------
 
-HARNESS = Path(__file__).resolve().parents[2] / "rtl_templates" / "harness" / "ccflow_fpga_top.v"
-CNN_HARNESS = HARNESS.with_name("ccflow_cnn_fpga_top.v")
+HARNESS_DIR = Path(__file__).resolve().parents[2] / "rtl_templates" / "harness"
 
 
 def _with_harness(rtl_dir: Path, top: str, sources: list[str], harness: bool, sub: str = WORK):
     """(top, sources) to implement: ``ccflow_fpga_top`` (a CNN: ``ccflow_cnn_fpga_top``) around
-    ``ccflow_top`` when asked (copied into the work folder, so the rtl folder -- the IP -- stays as
-    generated)."""
+    ``ccflow_top`` when asked, rendered from ``rtl_templates/harness/`` with the design's
+    ``rtl_context`` (the numbers ``ccflow_top`` was rendered with) into the work folder, so the rtl
+    folder -- the IP -- stays as generated."""
     if not harness or top != "ccflow_top":
         return top, sources
-    h = CNN_HARNESS if _is_cnn(rtl_dir) else HARNESS
-    shutil.copyfile(h, rtl_dir / sub / h.name)
-    return h.stem, sources + [f"{sub}/{h.name}"]
+    from .generate import _environment, _render
+
+    if _is_cnn(rtl_dir):
+        from .cnn_generate import rtl_context as cnn_context
+        from .cnn_quantize import CnnDesign
+
+        name, ctx = "ccflow_cnn_fpga_top.v", cnn_context(CnnDesign.load(rtl_dir))
+    else:
+        from .design import Design
+        from .generate import rtl_context
+
+        name, ctx = "ccflow_fpga_top.v", rtl_context(Design.load(rtl_dir))
+    (rtl_dir / sub / name).write_text(_render(_environment(HARNESS_DIR), name + ".j2", ctx))
+    return name[: -len(".v")], sources + [f"{sub}/{name}"]
 
 
 def _is_cnn(rtl_dir: Path) -> bool:

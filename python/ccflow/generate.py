@@ -4,8 +4,9 @@
 
 * ``array_config.json`` + ``design.npz`` (``Design.save``): what the test benches
   and the golden model load -- never the ``.mem`` files;
-* every template of ``rtl_templates/`` (Jinja2, ``StrictUndefined``): the
-  configuration header ``ccflow_config.vh`` and one module per ``.v`` file;
+* every template of ``rtl_templates/`` (Jinja2, ``StrictUndefined``): one module
+  per ``.v`` file, each taking the sizes it uses as parameters whose defaults are
+  this design's (no header, no `` `define``);
 * the ``$readmemh`` files laid out exactly as docs/hardware.md's table says
   (one word per line, hex, most significant digit first, field 0 in the least
   significant bits).
@@ -475,7 +476,7 @@ def write_ip_files(design: Design, out_dir: Path) -> list[Path]:
     mems = sorted(MEM_FILES)
     files_f = out_dir / "files.f"
     files_f.write_text("// ccflow generated RTL: top ccflow_top (Verilog-2001); read the .mem files from MEM_DIR\n"
-                       "+incdir+.\n" + "".join(f"{name}\n" for name in sources))
+                       + "".join(f"{name}\n" for name in sources))
     arr = design.array
     core = out_dir / "ccflow.core"
     lines = [
@@ -486,7 +487,6 @@ def write_ip_files(design: Design, out_dir: Path) -> list[Path]:
         "  rtl:",
         "    file_type: verilogSource",
         "    files:",
-        "      - ccflow_config.vh: {is_include_file: true}",
         *[f"      - {name}" for name in sources],
         "  mem:",
         "    file_type: user",
@@ -511,7 +511,7 @@ def write_ip_files(design: Design, out_dir: Path) -> list[Path]:
 
 
 def verilog_sources(rtl_dir: str | Path) -> list[Path]:
-    """The generated Verilog modules of an rtl folder (the header is included, not compiled)."""
+    """The generated Verilog modules of an rtl folder."""
     return sorted(Path(rtl_dir).glob("*.v"))
 
 

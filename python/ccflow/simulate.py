@@ -157,7 +157,7 @@ def _build_key(sim: str, toplevel: str, sources: list[Path], rtl_dir: Path, para
 
     h = hashlib.sha256()
     h.update(f"{sim}|{toplevel}|{sorted(parameters.items())}|{sys.version}|{cocotb.__version__}".encode())
-    for p in sources + [rtl_dir / "ccflow_config.vh"]:
+    for p in sources:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     if sim == "verilator":
