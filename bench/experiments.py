@@ -274,7 +274,8 @@ def reference(records: list[dict]) -> dict | None:
 def curve_at(records: list[dict], family: str, cells: int) -> float | None:
     """The family's best BPC at ``cells``, interpolated on log cells between its Pareto points.
 
-    None outside the cells the family's runs span: a baseline is not extrapolated.
+    Above the family's largest run, that run's BPC: a model that fits in fewer cells fits in more
+    (a floor, not an extrapolation of the trend). None below its smallest run.
     """
     runs = [r for r in records if r["family"] == family]
     best = pareto(runs)
@@ -283,7 +284,9 @@ def curve_at(records: list[dict], family: str, cells: int) -> float | None:
         if c0 <= cells <= c1:
             t = (math.log(cells) - math.log(c0)) / (math.log(c1) - math.log(c0))
             return b0 + t * (b1 - b0)
-    return next((b for c, b in front if c == cells), None)
+    if front and cells >= front[-1][0]:
+        return front[-1][1]
+    return None
 
 
 def targets(records: list[dict]) -> list[str]:
@@ -308,13 +311,17 @@ def targets(records: list[dict]) -> list[str]:
     front = pareto([r for r in records if r["family"] not in HARDWARE_PEERS])
     ours = sorted((r for r in records if r["name"] in front), key=lambda r: r["packed_cells"])
     lines.append("- Each point of ccflow's own front against the dense and bank-balanced fronts at the same cells "
-                 "(interpolated on log cells; n/a outside the cells their runs span):")
+                 "(interpolated on log cells; above a family's largest run, that run's BPC; n/a below its smallest):")
     for r in ours:
         cmp = []
         for family in HARDWARE_PEERS:
             peer = curve_at(records, family, r["packed_cells"])
-            cmp.append(f"{family} n/a" if peer is None else
-                       f"{family} {peer:.4f} ({'better' if r['test_bpc'] < peer else '**worse**'})")
+            if peer is None:
+                cmp.append(f"{family} n/a")
+                continue
+            verdict = ("equal to 4 decimals" if f"{peer:.4f}" == f"{r['test_bpc']:.4f}"
+                       else "better" if r["test_bpc"] < peer else "**worse**")
+            cmp.append(f"{family} {peer:.4f} ({verdict})")
         lines.append(f"  - {r['name']}: {r['test_bpc']:.4f} on {r['packed_cells']:,} cells; " + ", ".join(cmp))
     return lines
 

@@ -36,13 +36,15 @@ def test_reference_is_the_best_dropout_of_dense_3x256():
     assert experiments.reference(RECORDS)["name"] == "dense-256-d0.5"
 
 
-def test_baseline_curve_interpolates_on_log_cells_and_never_extrapolates():
+def test_baseline_curve_interpolates_on_log_cells_and_never_extrapolates_a_trend():
     # halfway between 100 and 400 cells on a log axis is 200: halfway between 2.30 and 1.90
     assert experiments.curve_at(RECORDS, "dense", 200) == pytest.approx(2.10)
     assert experiments.curve_at(RECORDS, "dense", 400) == pytest.approx(1.90)
     assert experiments.curve_at(RECORDS, "dense", 1600) == pytest.approx(1.76)  # the better dropout, not d1
-    assert experiments.curve_at(RECORDS, "dense", 50) is None
-    assert experiments.curve_at(RECORDS, "bank-balanced", 400) is None
+    assert experiments.curve_at(RECORDS, "dense", 50) is None  # below the smallest run: unknown
+    # above the largest run: that run's BPC (it fits in more cells), not the trend continued
+    assert experiments.curve_at(RECORDS, "bank-balanced", 400) == pytest.approx(1.93)
+    assert experiments.curve_at(RECORDS, "dense", 3200) == pytest.approx(1.76)
 
 
 def test_targets_read_the_records():
@@ -55,6 +57,10 @@ def test_targets_read_the_records():
     assert "dense 2.1000 (better)" in line_b
     assert "bank-balanced 2.0453 (better)" in line_b
     assert "cpcc-c" not in text  # dominated: not on ccflow's front
+    line_a = next(l for l in text.splitlines() if l.strip().startswith("- cpcc-a"))
+    assert "bank-balanced 1.9300 (better)" in line_a  # above bbs-0.8's 320 cells: its 1.93
+    tie = experiments.targets(RECORDS + [rec("cpcc-d", "CPCC, whole matrices", 160, 2.10002)])
+    assert any(l.strip().startswith("- cpcc-d") and "bank-balanced 2.1000 (equal to 4 decimals)" in l for l in tie)
 
 
 def test_targets_show_the_validation_gap_beside_the_test_gap():
