@@ -110,8 +110,8 @@ def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100
     from clock to data); False keeps yosys's netlist as it is, for comparison.
 
     ``harness`` (default, for ``ccflow_top``): implement ``ccflow_fpga_top`` (rendered from
-    :data:`HARNESS_DIR`) around it, which registers every port and folds the logits onto 16 pins -- the logits stream is far
-    wider than the package, and in a system it connects to fabric, not pins. Otherwise ``io``:
+    :data:`HARNESS_DIR`) around it, which registers every port and folds the logits onto 16 pins --
+    the logits stream is far wider than the package, and in a system it connects to fabric, not pins. Otherwise ``io``:
     "pads" places every top-level port bit on a package pin; "ooc" runs nextpnr
     ``--out-of-context`` (no IO buffers, no global clock promotion); "auto" uses pads and falls
     back to out-of-context when only the pins overflow. Raises :class:`DoesNotFit` naming the
