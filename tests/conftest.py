@@ -1,5 +1,6 @@
 """Fixtures shared by the test files."""
 
+import re
 import sysconfig
 from pathlib import Path
 
@@ -20,6 +21,29 @@ def _one_thread():
 def _private_cache(tmp_path, monkeypatch):
     """Each test tokenizes into its own cache: no test sees another's files."""
     monkeypatch.setenv("CCFLOW_CACHE", str(tmp_path / "cache"))
+
+
+# Building blocks sized per instance (their parameters are set where they are used).
+GENERIC_MODULES = {"ccflow_rom", "ccflow_ram", "ccflow_lut", "ccflow_mul", "ccflow_pipe_reg", "ccflow_tile_rom",
+                   "ccflow_delay", "ccflow_cnn_map_ram"}
+
+
+@pytest.fixture
+def rtl_sizes():
+    """A function: rendered rtl folder -> {size name: the values it has in the design-sized modules}.
+
+    It asserts on the way that no module has a `define or an `include: sizes are parameters."""
+    def sizes(out: Path) -> dict[str, set[int]]:
+        found: dict[str, set[int]] = {}
+        for p in out.glob("*.v"):
+            code = re.sub(r"//.*", "", p.read_text())
+            assert not re.search(r"`(define|include)\b", code), p.name
+            if p.stem in GENERIC_MODULES:
+                continue
+            for name, value in re.findall(r"\b(?:parameter|localparam)\s+integer\s+(\w+)\s*=\s*(\d+)\s*[,;)\n]", code):
+                found.setdefault(name, set()).add(int(value))
+        return found
+    return sizes
 
 
 @pytest.fixture

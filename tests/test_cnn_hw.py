@@ -166,28 +166,16 @@ def test_rtl_is_lint_clean(lenet):
     assert lint.clean, lint.output[-3000:]
 
 
-def test_sizes_are_parameters_with_the_designs_values(lenet):
+def test_sizes_are_parameters_with_the_designs_values(lenet, rtl_sizes):
     """No header, no `define: each CNN module declares the sizes it uses, and a name has the
     design's value (cnn_generate.rtl_context) wherever it is declared."""
-    import re
-
     from ccflow.cnn_generate import rtl_context
 
     design, out = lenet
     ctx = rtl_context(design)
-    generic = {"ccflow_rom", "ccflow_ram", "ccflow_mul", "ccflow_pipe_reg", "ccflow_tile_rom", "ccflow_delay",
-               "ccflow_cnn_map_ram"}
-    checked = set()
-    for p in out.glob("*.v"):
-        code = re.sub(r"//.*", "", p.read_text())
-        assert not re.search(r"`(define|include)\b", code), p.name
-        if p.stem in generic:
-            continue
-        for name, value in re.findall(r"\b(?:parameter|localparam)\s+integer\s+(\w+)\s*=\s*(\d+)\s*[,;)\n]", code):
-            if isinstance(ctx.get(name.lower()), int):
-                assert int(value) == ctx[name.lower()], (p.name, name)
-                checked.add(name)
-    assert {"ROWS", "COLS", "ALPHA", "ACT_BITS", "CLASSES", "BLOCK_BITS"} <= checked
+    sizes = {name: values for name, values in rtl_sizes(out).items() if isinstance(ctx.get(name.lower()), int)}
+    assert {"ROWS", "COLS", "ALPHA", "ACT_BITS", "CLASSES", "BLOCK_BITS"} <= set(sizes)
+    assert all(values == {ctx[name.lower()]} for name, values in sizes.items()), sizes
 
 
 @pytest.mark.sim
