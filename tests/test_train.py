@@ -197,6 +197,37 @@ def test_combine_aware_pruning_shrinks_what_the_combine_then_cuts(text_corpus, t
     assert 0 < cut[2] < 0.25 * cut[0]
 
 
+def test_final_dropout_scales_every_dropout_once_the_masks_are_final(text_corpus, tmp_path, monkeypatch):
+    seen = []  # (dropout scale, weight drop of each layer) at every training forward
+    real = LSTMLanguageModel.forward
+
+    def spy(self, tokens, hidden):
+        if self.training:
+            seen.append((self.dropout_scale, tuple(l.wdrop for l in self.layers)))
+        return real(self, tokens, hidden)
+
+    monkeypatch.setattr(LSTMLanguageModel, "forward", spy)
+    cfg = _cfg(text_corpus, "train.epochs=3", "train.max_batches=2", "prune.sparsity=0.5", "prune.start_epoch=1",
+               "prune.ramp_epochs=1", "combine.epochs=[]", "train.final_dropout=0.25", "model.wdrop=0.4")
+    assert final_mask_epoch(cfg) == 1
+    run_training(cfg, tmp_path / "run")
+    assert seen[:2] == [(1.0, (0.4,) * 3)] * 2, "configured dropouts while the masks still change"
+    assert seen[2:] == [(0.25, (0.1,) * 3)] * 4, "a quarter of them in epochs 2 and 3"
+
+
+def test_no_dropout_once_final_makes_training_forward_the_eval_one():
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(20, ModelConfig(emsize=16, nhid=16, nlayers=2, dropout=0.3, dropouth=0.3,
+                                              dropouti=0.3, dropoute=0.1, wdrop=0.3))
+    tokens = torch.randint(0, 20, (7, 3))
+    model.eval()
+    want = model(tokens, model.init_hidden(3))[0]
+    model.train()
+    assert not torch.allclose(model(tokens, model.init_hidden(3))[0], want)
+    model.set_dropout_scale(0.0)
+    assert torch.allclose(model(tokens, model.init_hidden(3))[0], want)
+
+
 def test_evaluate_carries_the_hidden_state_across_chunks():
     torch.manual_seed(0)
     m = LSTMLanguageModel(11, ModelConfig(emsize=6, nhid=10, nlayers=3))

@@ -83,6 +83,8 @@ def run_cnn_training(cfg: Config, out_dir: Path, resume: bool = False, device: s
     t = cfg.train
     if t.distill:
         raise ConfigError("train.distill is for the LSTM only; leave it empty for a CNN")
+    if t.final_dropout != 1.0:
+        raise ConfigError("train.final_dropout is for the LSTM only; leave it at 1 for a CNN")
     out_dir = check_out_dir(Path(out_dir))
     choose_threads(threads)
     dev = resolve_device(device)

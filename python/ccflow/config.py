@@ -78,6 +78,9 @@ class TrainConfig:
     distill: str = ""  # a teacher's model.pt: knowledge distillation (Hinton et al. 2015); "" = none
     distill_weight: float = 0.5  # loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student) at T
     distill_temp: float = 1.0  # T: softens both distributions
+    # Every dropout (weight drop included) times this in the epochs after the last mask change (a dense run: all
+    # epochs). A model pruned hard underfits once its masks are final, while the dense one it started as overfit.
+    final_dropout: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "test_batch_size", "log_interval"):
@@ -90,6 +93,7 @@ class TrainConfig:
         _check(all(e >= 1 for e in self.when), f"train.when={list(self.when)} must list epochs >= 1")
         _check(0.0 <= self.distill_weight <= 1.0, f"train.distill_weight={self.distill_weight} must be in [0, 1]")
         _check(self.distill_temp > 0, f"train.distill_temp={self.distill_temp} must be > 0")
+        _check(0.0 <= self.final_dropout <= 1.0, f"train.final_dropout={self.final_dropout} must be in [0, 1]")
         _check(0 <= self.seed < 2**32, f"train.seed={self.seed} must be in 0..2**32-1 (numpy's seed range)")
 
 

@@ -91,6 +91,7 @@ class LSTMLanguageModel(nn.Module):
         self.layers = nn.ModuleList(MaskedLSTM(sizes[l], sizes[l + 1], cfg.wdrop) for l in range(cfg.nlayers))
         self.decoder = nn.Linear(cfg.emsize, ntoken)
         self.decoder.weight = self.encoder.weight  # tied: the last layer's width is emsize
+        self.dropout_scale = 1.0  # the trainer's train.final_dropout, once the masks are final
         nn.init.uniform_(self.encoder.weight, -cfg.init_range, cfg.init_range)
         nn.init.zeros_(self.decoder.bias)
 
@@ -105,16 +106,23 @@ class LSTMLanguageModel(nn.Module):
         its changes over time), extras["dropped"] the same after the output
         dropout (AR penalises its magnitude), as in the toolkit.
         """
-        c = self.cfg
-        x = embedded_dropout(self.encoder, tokens, c.dropoute, self.training)
-        x = locked_dropout(x, c.dropouti, self.training)
+        c, s = self.cfg, self.dropout_scale
+        x = embedded_dropout(self.encoder, tokens, s * c.dropoute, self.training)
+        x = locked_dropout(x, s * c.dropouti, self.training)
         new_hidden = []
         for l, layer in enumerate(self.layers):
             raw, h = layer(x, hidden[l])
             new_hidden.append(h)
             last = l == len(self.layers) - 1
-            x = locked_dropout(raw, c.dropout if last else c.dropouth, self.training)
+            x = locked_dropout(raw, s * (c.dropout if last else c.dropouth), self.training)
         return self.decoder(x), new_hidden, {"raw": raw, "dropped": x}
+
+
+    def set_dropout_scale(self, scale: float) -> None:
+        """Multiply every dropout, weight drop included, by ``scale`` (1 = the configured values)."""
+        self.dropout_scale = scale
+        for layer in self.layers:
+            layer.wdrop = scale * self.cfg.wdrop
 
 
 def detach_hidden(hidden: Hidden) -> Hidden:

@@ -257,7 +257,9 @@ class Trainer:
             epoch_sums = torch.zeros(4, dtype=torch.float64, device=self.device)
             interval = torch.zeros(2, dtype=torch.float64, device=self.device)  # this rank's loss, tokens
             interval_batches, tick = 0, time.perf_counter()
-        l1 = self.cfg.prune.l1 if epoch <= final_mask_epoch(self.cfg) else 0.0  # until the last mask change
+        masks_final = epoch > final_mask_epoch(self.cfg)
+        l1 = 0.0 if masks_final else self.cfg.prune.l1  # until the last mask change
+        model.set_dropout_scale(t.final_dropout if masks_final else 1.0)
         total = (data.size(0) - 2) // t.bptt + 1
         if t.max_batches:
             total = min(total, t.max_batches)
