@@ -7,6 +7,8 @@ ReLU and Linear layers all run, and one design saturates its accumulators. The s
 marked ``sim`` (``-m "not sim"`` deselects them).
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -17,11 +19,11 @@ from ccflow.cnn_quantize import CnnDesign, CnnGolden, IntStage, QuantizeError, c
 SIMS = ["icarus", "verilator"]
 
 
-def _design(arch="lenet5", shape=(1, 8, 8), gamma=0.5, seed=0, prune=0.5, **formats):
+def _design(arch="lenet5", shape=(1, 8, 8), gamma=0.5, seed=0, prune=0.5, prefix="", **formats):
     from test_cnn import _float_cnn
 
     fm, packings = _float_cnn(arch, shape, prune, seed).combined(4, gamma, 8)
-    array = ArrayConfig(rows=8, cols=4, alpha=4, formats=NumberFormats(act_frac=8, **formats))
+    array = ArrayConfig(rows=8, cols=4, alpha=4, formats=NumberFormats(act_frac=8, **formats), module_prefix=prefix)
     return quantize_cnn(fm, array, packings)
 
 
@@ -52,10 +54,11 @@ def saturating(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vgg(tmp_path_factory):
-    """vgg-small: 3 channels in, 3 x 3 convolutions two per pooling (a drain without pooling)."""
+    """vgg-small: 3 channels in, 3 x 3 convolutions two per pooling (a drain without pooling); every
+    module named cnn0_... (array.module_prefix), so the benches must find the design's own top."""
     from ccflow.cnn_generate import render_cnn_rtl
 
-    design = _design("vgg-small", (3, 8, 8), gamma=0.5, seed=3, prune=0.9)
+    design = _design("vgg-small", (3, 8, 8), gamma=0.5, seed=3, prune=0.9, prefix="cnn0_")
     out = tmp_path_factory.mktemp("cnn-vgg")
     render_cnn_rtl(design, out)
     return design, out
@@ -159,11 +162,21 @@ def test_hls_check_fails_on_a_corrupted_rom(lenet, tmp_path):
     assert not result.bit_exact and "image" in result.first_mismatch
 
 
-def test_rtl_is_lint_clean(lenet):
+@pytest.mark.parametrize("which", ["lenet", "vgg"])
+def test_rtl_is_lint_clean(which, request):
     from ccflow.simulate import lint_verilator
 
-    lint = lint_verilator(lenet[1])
+    _, out = request.getfixturevalue(which)
+    lint = lint_verilator(out)
     assert lint.clean, lint.output[-3000:]
+
+
+def test_a_module_prefix_names_every_cnn_module_and_file(lenet, vgg):
+    plain = sorted(p.name for p in lenet[1].glob("*.v"))
+    assert sorted(p.name for p in vgg[1].glob("*.v")) == [f"cnn0_{name}" for name in plain]
+    for path in vgg[1].glob("*.v"):
+        assert re.search(rf"^module {path.stem} ", path.read_text(), re.M), path.name
+    assert "toplevel: cnn0_ccflow_top" in (vgg[1] / "ccflow.core").read_text()
 
 
 def test_sizes_are_parameters_with_the_designs_values(lenet, rtl_sizes):

@@ -311,12 +311,13 @@ def test_bad_place_and_route_options_are_refused(tmp_path):
 @pytest.fixture(scope="module")
 def generated_cnn(tools, tmp_path_factory):
     """A small generated CNN (LeNet-5 on 8 x 8 images, 8 x 4 array, alpha 4: tests/test_cnn_hw.py's)
-    placed and routed at 100 MHz inside the CNN harness, as `make fpga CONFIG=lenet5` does it."""
+    placed and routed at 100 MHz inside the CNN harness, as `make fpga CONFIG=lenet5` does it; its
+    modules named cnn1_... (array.module_prefix), so the harness must wrap the design's own top."""
     from test_cnn_hw import _design
 
     from ccflow.cnn_generate import render_cnn_rtl
 
-    design = _design()
+    design = _design(prefix="cnn1_")
     rtl = tmp_path_factory.mktemp("generated-cnn") / "rtl"
     render_cnn_rtl(design, rtl)
     return design, rtl, run_ecp5(rtl, freq_mhz=100)

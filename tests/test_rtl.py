@@ -1,6 +1,7 @@
 """The rendered RTL: it parses (pyverilog), is lint-clean (verilator -Wall, no waivers), follows the
 house style, and its ROM files hold exactly the Design's arrays in docs/hardware.md's layouts."""
 
+import dataclasses
 import math
 import re
 import shutil
@@ -332,6 +333,50 @@ def test_the_ip_files_list_the_design(rendered, tmp_path):
     p = subprocess.run(["verilator", "--lint-only", "-Wall", "-f", "files.f", "--top-module", "ccflow_top"],
                        cwd=out, capture_output=True, text=True, env={**os.environ, **verilator_env()})
     assert p.returncode == 0, p.stderr
+
+
+def test_a_module_prefix_renames_every_module_and_nothing_else(tmp_path):
+    """array.module_prefix: every module, instance type, file name, files.f and core take it, the code is
+    otherwise the plain design's, and two prefixed designs lint together as one project."""
+    import os
+
+    from ccflow.simulate import verilator_env
+
+    model_kw, array = CONFIGS["tiny"]
+    plain = quantize(FloatModel.random(seed=3, **model_kw), array)
+    render_rtl(plain, tmp_path / "plain")
+    names = "|".join(sorted(MODULES, key=len, reverse=True))
+    for prefix in ("a_", "lm1_"):
+        design = quantize(FloatModel.random(seed=3, **model_kw), dataclasses.replace(array, module_prefix=prefix))
+        out = tmp_path / prefix
+        render_rtl(design, out)
+        assert sorted(p.name for p in out.glob("*.v")) == sorted(f"{prefix}{m}.v" for m in MODULES)
+        for m in MODULES:
+            code = (out / f"{prefix}{m}.v").read_text()
+            assert re.search(rf"^module {prefix}{m} ", code, re.M)
+            types = re.findall(r"^\s*(\w+)\s+(?:#|u_)", re.sub(r"//.*", "", code), re.M)
+            assert all(t.startswith(prefix) for t in types if t != "module"), (m, types)
+            assert re.sub(rf"\b{prefix}({names})\b", r"\1", code) == (tmp_path / "plain" / f"{m}.v").read_text()
+        assert parse_pyverilog(out)[f"{prefix}ccflow_top.v"] == [f"{prefix}ccflow_top"]
+        files = [ln for ln in (out / "files.f").read_text().splitlines() if ln and not ln.startswith("//")]
+        assert files == sorted(f"{prefix}{m}.v" for m in MODULES)
+        assert f"toplevel: {prefix}ccflow_top" in (out / "ccflow.core").read_text()
+        assert lint_verilator(out).clean  # the top is the design's own
+    # one project, two designs: a top that instantiates both lints clean with every file of both
+    (tmp_path / "both.v").write_text(
+        "`default_nettype none\nmodule both (input wire clk_i, input wire rst_ni);\n"
+        + "".join(f"  {p}ccflow_top u_{p}top (.clk_i(clk_i), .rst_ni(rst_ni));\n" for p in ("a_", "lm1_"))
+        + "endmodule\n`default_nettype wire\n")
+    both = [str(tmp_path / "both.v")] + [str(f) for p in ("a_", "lm1_") for f in sorted((tmp_path / p).glob("*.v"))]
+    r = subprocess.run(["verilator", "--lint-only", "--top-module", "both", "-Wno-PINMISSING", *both],
+                       capture_output=True, text=True, env={**os.environ, **verilator_env()})
+    assert r.returncode == 0, r.stderr[-2000:]  # two plain designs: MODDUP on every module
+
+
+@pytest.mark.parametrize("prefix", ["1x_", "lm-0", "a b"])
+def test_a_module_prefix_that_is_no_verilog_identifier_is_refused(prefix):
+    with pytest.raises(ValueError, match=r"array.module_prefix=.* must be empty or start a Verilog identifier"):
+        ArrayConfig(module_prefix=prefix)
 
 
 def test_an_array_taller_than_the_banks_can_take_is_refused():

@@ -57,6 +57,13 @@ def test_mx_cell(sim, cell_rtl, sim_work):
     assert run.results["vectors"] >= 1500
 
 
+def test_unit_benches_find_prefixed_modules(tmp_path_factory, sim_work):
+    array = ArrayConfig(rows=4, cols=2, alpha=4, module_prefix="lm0_")
+    rtl = _render(tmp_path_factory, "cell-prefixed", quantize(FloatModel.random(seed=1), array))
+    run = run_unit(rtl, "mx_cell", sim="icarus", work_dir=sim_work, vectors=200)
+    assert run.passed and run.toplevel == "lm0_mx_cell", f"{run.message} (log {run.log_path})"
+
+
 # --- the array against packed random matrices ------------------------------------
 
 ARRAYS = [(4, 2, 2), (8, 4, 4), (16, 8, 8)]
@@ -177,6 +184,8 @@ UNUSUAL = {
     # in half a bank) and addrs.mem (2 banks of 512 rows) are each read across banks; 10 embedding words a
     # token, so embedding.mem's tokens start at multiples of 10, not of a power of two
     "many-banks": (dict(vocab=13, emsize=20, hidden=(28,)), ArrayConfig(4, 1, 2)),
+    # every module named lm0_...: the benches build the design's own top
+    "prefixed": (dict(vocab=11, emsize=8, hidden=(8,)), ArrayConfig(8, 2, 4, module_prefix="lm0_")),
 }
 
 

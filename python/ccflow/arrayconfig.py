@@ -3,7 +3,7 @@
 Training reads ``alpha`` (the MX cell's mux width) and ``rows`` (the array
 height, used as the row block of block column combining). The quantizer reads
 the number formats. The renderer turns the whole object into the Verilog
-configuration header and the HLS header; the golden model and the cocotb test
+modules' parameters and the HLS header; the golden model and the cocotb test
 benches load the very same object back from ``array_config.json``. Nothing
 about the hardware is written down anywhere else.
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -94,8 +95,14 @@ class ArrayConfig:
     cols: int = 8
     alpha: int = 8
     formats: NumberFormats = field(default_factory=NumberFormats)
+    # Prepended to the name of every generated Verilog module and its file (ccflow_top -> <prefix>ccflow_top), so
+    # two generated designs can share one project; "" keeps the plain names.
+    module_prefix: str = ""
 
     def __post_init__(self) -> None:
+        _check(re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)?", self.module_prefix) is not None,
+               f"array.module_prefix={self.module_prefix!r} must be empty or start a Verilog identifier "
+               "(letters, digits and _, not starting with a digit), e.g. lm0_")
         _check(self.rows >= 4 and self.rows % 4 == 0,
                f"array.rows={self.rows} must be a positive multiple of 4 (a row block holds whole LSTM units)")
         _check(self.cols >= 1, f"array.cols={self.cols} must be >= 1")
@@ -109,6 +116,10 @@ class ArrayConfig:
     @property
     def cells(self) -> int:
         return self.rows * self.cols
+
+    def module(self, name: str) -> str:
+        """The name generated module ``name`` (e.g. ``ccflow_top``) has on this array: ``module_prefix`` + name."""
+        return self.module_prefix + name
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -147,6 +147,7 @@ def rtl_context(design: CnnDesign) -> dict:
     rom_rows, rom_banks = tile_rom_shape(design.n_tiles)
     shift_bits = max(1, int(max(fmt.max_shift, int(design.block_shift.max()))).bit_length())
     ctx = dict(
+        prefix=arr.module_prefix,
         rows=rows, cols=cols, alpha=alpha, sel_bits=arr.sel_bits, cells=arr.cells,
         weight_bits=fmt.weight_bits, act_bits=fmt.act_bits, act_frac=fmt.act_frac, acc_bits=fmt.acc_bits,
         logit_frac=fmt.logit_frac, shift_bits=shift_bits, bias_bits=signed_bits(design.block_bias),
@@ -236,7 +237,7 @@ def render_cnn_rtl(design: CnnDesign, out_dir: str | Path) -> list[Path]:
                                 (CNN_TEMPLATE_DIR, sorted(p.name for p in CNN_TEMPLATE_DIR.glob("*.j2")))):
         env = _environment(template_dir)
         for name in names:
-            path = out_dir / name[: -len(".j2")]
+            path = out_dir / design.array.module(name[: -len(".j2")])
             path.write_text(_render(env, name, ctx))
             written.append(path)
     for name, (fields, _) in mem_layout(design).items():
@@ -250,17 +251,18 @@ def _write_ip_files(design: CnnDesign, out_dir: Path) -> list[Path]:
     """files.f and a FuseSoC core, as for the LSTM (ccflow.generate.write_ip_files)."""
     sources = [p.name for p in verilog_sources(out_dir)]
     files_f = out_dir / "files.f"
-    files_f.write_text("// ccflow generated RTL: CNN top ccflow_top (Verilog-2001); read the .mem files from MEM_DIR\n"
-                       + "".join(f"{name}\n" for name in sources))
     arr = design.array
+    top = arr.module("ccflow_top")
+    files_f.write_text(f"// ccflow generated RTL: CNN top {top} (Verilog-2001); read the .mem files from MEM_DIR\n"
+                       + "".join(f"{name}\n" for name in sources))
     core = out_dir / "ccflow.core"
-    lines = ["CAPI=2:", "name: ccflow:generated:ccflow_top:0.1.0",
+    lines = ["CAPI=2:", f"name: ccflow:generated:{top}:0.1.0",
              f"description: column-combined CNN accelerator, {arr.rows} x {arr.cols} MX cells, alpha {arr.alpha}",
              "filesets:", "  rtl:", "    file_type: verilogSource", "    files:",
              *[f"      - {n}" for n in sources],
              "  mem:", "    file_type: user", "    files:", *[f"      - {n}: {{copyto: {n}}}" for n in sorted(MEM_FILES)],
-             "targets:", "  default:", "    filesets: [rtl, mem]", "    toplevel: ccflow_top",
-             "  lint:", "    default_tool: verilator", "    filesets: [rtl, mem]", "    toplevel: ccflow_top",
+             "targets:", "  default:", "    filesets: [rtl, mem]", f"    toplevel: {top}",
+             "  lint:", "    default_tool: verilator", "    filesets: [rtl, mem]", f"    toplevel: {top}",
              "    tools:", "      verilator:", "        mode: lint-only", "        verilator_options: [-Wall]", ""]
     core.write_text("\n".join(lines))
     return [files_f, core]

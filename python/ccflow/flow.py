@@ -318,7 +318,10 @@ def require_rtl(rtl_dir: str | Path) -> Path:
     _check(rtl_dir.exists(), f"--rtl {rtl_dir} does not exist; give the folder written by `ccflow rtl --out` "
            "(make rtl)")
     _check(rtl_dir.is_dir(), f"--rtl {rtl_dir} is a file; give the folder written by `ccflow rtl --out`")
-    _check((rtl_dir / "ccflow_top.v").is_file(), f"--rtl {rtl_dir} holds no generated design (no ccflow_top.v); "
+    from .generate import rtl_module
+
+    top = rtl_module(rtl_dir)
+    _check((rtl_dir / f"{top}.v").is_file(), f"--rtl {rtl_dir} holds no generated design (no {top}.v); "
            "give the folder written by `ccflow rtl --out` (make rtl)")
     return rtl_dir
 

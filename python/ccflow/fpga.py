@@ -90,12 +90,13 @@ class ToolRun:
 # --- ECP5: synthesis, place and route -------------------------------------------------------------
 
 
-def run_ecp5(rtl_dir: str | Path, top: str = "ccflow_top", freq_mhz: float = 100.0, device: str = "LFE5U-85F",
+def run_ecp5(rtl_dir: str | Path, top: str | None = None, freq_mhz: float = 100.0, device: str = "LFE5U-85F",
              package: str = "CABGA381", seed: int = 1, speed: int = 6, io: str = "auto",
              timeout: float = 6 * 3600, harness: bool = True, place: bool = True, router: str = "router1",
              placer_density: float | None = None, timing_weight: int | None = None,
              crit_exp: int | None = None, bram_outreg: bool = True) -> dict:
-    """Synthesize ``top`` for an ECP5, place and route it at ``freq_mhz``; return and store the figures.
+    """Synthesize ``top`` (default: the design's ``ccflow_top``) for an ECP5, place and route it at
+    ``freq_mhz``; return and store the figures.
 
     ``place=False`` stops after synthesis: the utilization then comes from yosys's cell counts
     (LUT4 + 2 per CCU2C as TRELLIS_COMB, TRELLIS_DPR16X4 as TRELLIS_RAMW) against the LFE5U-85F,
@@ -276,9 +277,9 @@ def _cnn_throughput(r: dict, fmax_mhz: float) -> dict:
 # --- Xilinx 7-series: a synthesis-only estimate ---------------------------------------------------
 
 
-def run_xilinx(rtl_dir: str | Path, top: str = "ccflow_top", family: str = "xc7",
+def run_xilinx(rtl_dir: str | Path, top: str | None = None, family: str = "xc7",
                timeout: float = 6 * 3600, harness: bool = True) -> dict:
-    """Map ``top`` to 7-series primitives (yosys ``synth_xilinx``) and compare with an XC7VX485T.
+    """Map ``top`` (default: the design's ``ccflow_top``) to 7-series primitives (yosys ``synth_xilinx``) and compare with an XC7VX485T.
 
     An estimate: no Xilinx place and route runs here, so there is no Fmax and Vivado's packing
     may differ. Stored under ``"xilinx"`` in ``fpga_report.json``; returns that entry.
@@ -384,9 +385,11 @@ def _with_harness(rtl_dir: Path, top: str, sources: list[str], harness: bool, su
     ``ccflow_top`` when asked, rendered from ``rtl_templates/harness/`` with the design's
     ``rtl_context`` (the numbers ``ccflow_top`` was rendered with) into the work folder, so the rtl
     folder -- the IP -- stays as generated."""
-    if not harness or top != "ccflow_top":
+    from .generate import _environment, _render, rtl_module
+
+    top = top or rtl_module(rtl_dir)
+    if not harness or top != rtl_module(rtl_dir):
         return top, sources
-    from .generate import _environment, _render
 
     if _is_cnn(rtl_dir):
         from .cnn_generate import rtl_context as cnn_context

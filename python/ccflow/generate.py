@@ -21,6 +21,7 @@ Verilog depends only on the array configuration and the model's sizes. Widths
 that are not fixed by docs/hardware.md are chosen here:
 
 ==================  =========================================================
+``prefix``          ``ArrayConfig.module_prefix``: before every module name (and its file name)
 ``sel_bits``        ``ArrayConfig.sel_bits`` (log2 alpha, at least 1)
 ``bank_bits``       clog2(alpha): the act bank (address mod alpha)
 ``local_bits``      clog2(act_size / alpha): a word in a bank (``addrs.mem``)
@@ -59,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .arrayconfig import ArrayConfig
 from .design import Design
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -183,6 +185,7 @@ def rtl_context(design: Design) -> dict:
     emb_words = design.lstm_layers[0].out_base // alpha  # the embedding region, padded to whole bank rows
     rom_rows, rom_banks = tile_rom_shape(design.n_tiles)
     ctx = dict(
+        prefix=arr.module_prefix,
         rows=rows, cols=cols, alpha=alpha, sel_bits=arr.sel_bits, units=units, cells=arr.cells,
         weight_bits=fmt.weight_bits, act_bits=fmt.act_bits, act_frac=fmt.act_frac, acc_bits=fmt.acc_bits,
         cell_bits=fmt.cell_bits, lut_frac=fmt.lut_frac, lut_shift=fmt.lut_shift, lut_bits=fmt.lut_bits,
@@ -454,7 +457,7 @@ def render_rtl(design: Design, out_dir: str | Path, template_dir: str | Path | N
     env = _environment(template_dir)
     ctx = rtl_context(design)
     for name in templates:
-        path = out_dir / name[: -len(".j2")]
+        path = out_dir / design.array.module(name[: -len(".j2")])
         path.write_text(_render(env, name, ctx))
         written.append(path)
     for name, text in mem_files(design).items():
@@ -475,13 +478,14 @@ def write_ip_files(design: Design, out_dir: Path) -> list[Path]:
     sources = [p.name for p in verilog_sources(out_dir)]
     mems = sorted(MEM_FILES)
     files_f = out_dir / "files.f"
-    files_f.write_text("// ccflow generated RTL: top ccflow_top (Verilog-2001); read the .mem files from MEM_DIR\n"
-                       + "".join(f"{name}\n" for name in sources))
     arr = design.array
+    top = arr.module("ccflow_top")
+    files_f.write_text(f"// ccflow generated RTL: top {top} (Verilog-2001); read the .mem files from MEM_DIR\n"
+                       + "".join(f"{name}\n" for name in sources))
     core = out_dir / "ccflow.core"
     lines = [
         "CAPI=2:",
-        "name: ccflow:generated:ccflow_top:0.1.0",
+        f"name: ccflow:generated:{top}:0.1.0",
         f"description: column-combined LSTM LM accelerator, {arr.rows} x {arr.cols} MX cells, alpha {arr.alpha}",
         "filesets:",
         "  rtl:",
@@ -495,11 +499,11 @@ def write_ip_files(design: Design, out_dir: Path) -> list[Path]:
         "targets:",
         "  default:",
         "    filesets: [rtl, mem]",
-        "    toplevel: ccflow_top",
+        f"    toplevel: {top}",
         "  lint:",
         "    default_tool: verilator",
         "    filesets: [rtl, mem]",
-        "    toplevel: ccflow_top",
+        f"    toplevel: {top}",
         "    tools:",
         "      verilator:",
         "        mode: lint-only",
@@ -513,6 +517,18 @@ def write_ip_files(design: Design, out_dir: Path) -> list[Path]:
 def verilog_sources(rtl_dir: str | Path) -> list[Path]:
     """The generated Verilog modules of an rtl folder."""
     return sorted(Path(rtl_dir).glob("*.v"))
+
+
+def rtl_module(rtl_dir: str | Path, name: str = "ccflow_top") -> str:
+    """The name the generated module ``name`` has in ``rtl_dir``: its array's ``module_prefix`` + name.
+
+    A folder without a readable ``array_config.json`` gets the plain name; the stage that loads the
+    design then says what is wrong with it.
+    """
+    try:
+        return ArrayConfig.load(Path(rtl_dir) / "array_config.json").module(name)
+    except (OSError, ValueError):
+        return name
 
 
 # --- $readmemh files ---------------------------------------------------------

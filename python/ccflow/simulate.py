@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .generate import REPO_ROOT, verilog_sources
+from .generate import REPO_ROOT, rtl_module, verilog_sources
 
 TESTBENCH_DIR = Path(os.environ.get("CCFLOW_TESTBENCH", REPO_ROOT / "testbench"))
 SIMULATORS = ("icarus", "verilator")
 TIMESCALE = ("1ns", "1ps")
 
-# Which generated files each bench top needs (the top bench compiles them all).
+# Which generated files each bench top needs (the top bench compiles them all); plain names, before the
+# array's module_prefix.
 _UNIT_SOURCES = {
     "mx_cell": ["mx_cell.v", "ccflow_mul.v"],
     "mx_array": ["mx_array.v", "mx_cell.v", "ccflow_mul.v", "ccflow_pipe_reg.v"],
@@ -146,9 +147,9 @@ def _check_sim(sim: str) -> None:
 # --- running a bench ---------------------------------------------------------
 
 
-def _sources(rtl_dir: Path, toplevel: str) -> list[Path]:
-    if toplevel in _UNIT_SOURCES:
-        return [rtl_dir / f for f in _UNIT_SOURCES[toplevel]]
+def _sources(rtl_dir: Path, module: str) -> list[Path]:
+    if module in _UNIT_SOURCES:
+        return [rtl_dir / f"{rtl_module(rtl_dir, f[: -len('.v')])}.v" for f in _UNIT_SOURCES[module]]
     return verilog_sources(rtl_dir)
 
 
@@ -190,10 +191,11 @@ def _runtime_key() -> str:
     return h.hexdigest()[:12]
 
 
-def run_bench(rtl_dir: str | Path, toplevel: str, test_module: str, sim: str = "icarus",
+def run_bench(rtl_dir: str | Path, module: str, test_module: str, sim: str = "icarus",
               args: dict | None = None, work_dir: str | Path | None = None, seed: int = 1,
               run_name: str | None = None) -> BenchRun:
-    """Build (or reuse) ``toplevel`` from ``rtl_dir`` and run the cocotb module ``test_module`` on it."""
+    """Build (or reuse) generated ``module`` (its plain name: ``ccflow_top``, ``mx_cell``, ...) from
+    ``rtl_dir`` and run the cocotb module ``test_module`` on it."""
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
@@ -203,11 +205,12 @@ def run_bench(rtl_dir: str | Path, toplevel: str, test_module: str, sim: str = "
         raise SimulationError(f"{rtl_dir}: a double quote in the path cannot pass as the MEM_DIR string")
     work_dir = Path(work_dir).resolve() if work_dir is not None else rtl_dir / "sim"
     work_dir.mkdir(parents=True, exist_ok=True)
-    sources = _sources(rtl_dir, toplevel)
+    sources = _sources(rtl_dir, module)
     for s in sources + [rtl_dir / "design.npz", rtl_dir / "array_config.json"]:
         if not s.is_file():
             raise SimulationError(f"{s} is missing; render the RTL first (ccflow.generate.render_rtl)")
-    parameters = {"MEM_DIR": f'"{rtl_dir}"'} if toplevel in _HAS_MEM_DIR else {}
+    parameters = {"MEM_DIR": f'"{rtl_dir}"'} if module in _HAS_MEM_DIR else {}
+    toplevel = rtl_module(rtl_dir, module)
 
     key = _build_key(sim, toplevel, sources, rtl_dir, parameters)
     build_dir = work_dir / f"build-{sim}-{toplevel}-{key}"
@@ -382,9 +385,11 @@ class LintResult:
     output: str
 
 
-def lint_verilator(rtl_dir: str | Path, top: str = "ccflow_top") -> LintResult:
-    """``verilator --lint-only -Wall`` on every generated module (no waivers, no -Wno flags)."""
+def lint_verilator(rtl_dir: str | Path, top: str | None = None) -> LintResult:
+    """``verilator --lint-only -Wall`` on every generated module (no waivers, no -Wno flags); ``top``
+    defaults to the design's ``ccflow_top``."""
     rtl_dir = Path(rtl_dir)
+    top = top or rtl_module(rtl_dir)
     env = {**os.environ, **verilator_env()}
     cmd = ["verilator", "--lint-only", "-Wall", f"-I{rtl_dir}", "--top-module", top,
            *[str(p) for p in verilog_sources(rtl_dir)]]
@@ -418,8 +423,9 @@ def parse_pyverilog(rtl_dir: str | Path) -> dict[str, list[str]]:
     return found
 
 
-def yosys_stat(rtl_dir: str | Path, top: str = "ccflow_top", gates: bool = False, timeout: float = 3600) -> dict:
-    """Resource estimate of ``top`` with yosys 0.23: generic synthesis, ROMs kept as memories.
+def yosys_stat(rtl_dir: str | Path, top: str | None = None, gates: bool = False, timeout: float = 3600) -> dict:
+    """Resource estimate of ``top`` (default: the design's ``ccflow_top``) with yosys 0.23: generic
+    synthesis, ROMs kept as memories.
 
     ``gates=False`` (default): coarse synthesis (``synth -run begin:fine``: arithmetic as $alu /
     $macc, registers as $dff/$sdff) and ``stat -width``; fast enough for the shipped design.
@@ -430,6 +436,7 @@ def yosys_stat(rtl_dir: str | Path, top: str = "ccflow_top", gates: bool = False
     there with MEM_DIR = ".").
     """
     rtl_dir = Path(rtl_dir).resolve()
+    top = top or rtl_module(rtl_dir)
     if shutil.which("yosys") is None:
         raise SimulationError("yosys not found on PATH (apt-get install -y yosys)")
     files = " ".join(p.name for p in verilog_sources(rtl_dir))
