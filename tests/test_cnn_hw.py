@@ -144,6 +144,8 @@ def test_hls_cpp_is_bit_exact_with_the_golden_model(which, request, tmp_path):
     result = check_cnn_hls(design, tmp_path, x)
     assert result.bit_exact, result.first_mismatch
     assert result.images_checked == 12
+    prefix = design.array.module_prefix  # vgg's: Vitis HLS prefixes the modules it exports the same way
+    assert ("config_rtl -module_prefix cnn0_" in (tmp_path / "run_hls.tcl").read_text()) == (prefix == "cnn0_")
 
 
 def test_hls_check_fails_on_a_corrupted_rom(lenet, tmp_path):

@@ -1,5 +1,6 @@
 """The HLS C++: rendered, compiled with g++ as a C simulation, bit-exact with the golden model."""
 
+import dataclasses
 import re
 import shutil
 
@@ -181,3 +182,13 @@ def test_rendered_files_and_pragmas(tmp_path):
     assert "#pragma HLS ARRAY_RESHAPE variable=TILE_WEIGHT type=complete dim=2" in rom
     for text in (kernel, rom, (tmp_path / "ccflow_config.h").read_text()):
         assert not re.search(r"\{\{\s*[A-Za-z_]|\{%", text)  # nothing left unrendered
+    assert "config_rtl" not in (tmp_path / "run_hls.tcl").read_text()
+
+
+def test_a_module_prefix_reaches_the_exported_rtl(tmp_path):
+    """array.module_prefix: Vitis HLS prefixes every module it exports, as ccflow's own Verilog is."""
+    design = make_design("4x1-a1")
+    design = dataclasses.replace(design, array=dataclasses.replace(design.array, module_prefix="lm0_"))
+    render_hls(design, tmp_path)
+    tcl = (tmp_path / "run_hls.tcl").read_text().splitlines()
+    assert tcl.index("config_rtl -module_prefix lm0_") > next(i for i, ln in enumerate(tcl) if ln.startswith("open_solution"))
