@@ -180,6 +180,13 @@ RUNS["d0.25-final0-wide-320-a16-cpcc-rb-0.5"] = Run("methods", "3 x 320 pruned t
                                                     "16-input cells, dropout x0.25 until the masks are final, then none",
                                                     RUNS["d0.25-wide-320-a16-cpcc-rb-0.5"].overrides
                                                     + ("train.final_dropout=0",))
+RUNS["d0.25-final0-wide-448-a16-cpcc-rb-0.25"] = Run("methods", "3 x 448 pruned to 90%, CPCC 0.25 in 32-row blocks, "
+                                                     "16-input cells, dropout x0.25 until the masks are final, then none",
+                                                     RUNS["d0.25-wide-448-a16-cpcc-rb-0.25"].overrides
+                                                     + ("train.final_dropout=0",))
+RUNS["d0.25-final0-cpcc-rb-0.5"] = Run("methods", "80%, CPCC gamma 0.5, 32-row blocks, dropout x0.25 until the "
+                                      "masks are final, then none", RUNS["d0.25-cpcc-rb-0.5"].overrides
+                                      + ("train.final_dropout=0",))
 # kd-cpcc-0.5 distilled a student with the preset's full dropout, which already underfits; this one distills the
 # recommended recipe (a quarter of the dropout) from dense 3 x 192 at half dropout (1.7679 test BPC, 0.13 ahead of
 # the undistilled student).
@@ -194,7 +201,7 @@ RUNS["d0.25-kd-t1-cpcc-rb-0.5"] = Run("methods", "distilled at T = 1 from dense 
 
 # The presets that are a run's settings (tests/test_experiments.py holds them equal): the recipe on 3 x 256 and
 # the same on 3 x 320 with 16-input cells (better on both axes; both fit the LFE5U-85F on a 16 x 2 array).
-PRESETS = {"small-cpcc": "d0.25-cpcc-rb-0.5", "small-wide": "d0.25-wide-320-a16-cpcc-rb-0.5"}
+PRESETS = {"small-cpcc": "d0.25-cpcc-rb-0.5", "small-wide": "d0.25-final0-wide-320-a16-cpcc-rb-0.5"}
 
 FAMILY_COLORS = {"dense": "black", "pruning only": "tab:gray", "bank-balanced": "tab:brown", "row-block CC": "tab:green",
                  "CPCC, row blocks": "tab:olive", "CPCC, whole matrices": "tab:red", "paper recipe": "tab:purple",
