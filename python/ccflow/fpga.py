@@ -279,7 +279,8 @@ def _cnn_throughput(r: dict, fmax_mhz: float) -> dict:
 
 def run_xilinx(rtl_dir: str | Path, top: str | None = None, family: str = "xc7",
                timeout: float = 6 * 3600, harness: bool = True) -> dict:
-    """Map ``top`` (default: the design's ``ccflow_top``) to 7-series primitives (yosys ``synth_xilinx``) and compare with an XC7VX485T.
+    """Map ``top`` (default: the design's ``ccflow_top``) to 7-series primitives (yosys
+    ``synth_xilinx``) and compare with an XC7VX485T.
 
     An estimate: no Xilinx place and route runs here, so there is no Fmax and Vivado's packing
     may differ. Stored under ``"xilinx"`` in ``fpga_report.json``; returns that entry.
