@@ -175,7 +175,6 @@ def rtl_context(design: Design) -> dict:
     dec = design.decoder
     array_stages = 1 + CELL_STAGES + max(1, tree_levels)  # input registers, cells, adder trees
     meta_stage = 3  # tiles.mem (ccflow_tile_rom): addressed in cycle 0, its word in cycle 3
-    dec_blocks = [dict(slot=b, lo=b * rows, n=min(rows, design.vocab_size - b * rows)) for b in range(dec.n_blocks)]
     real_bits = units.bit_length()
     index_bits = max(bits_for(cell_words), bits_for(dec.n_blocks))
     bd_index = 2 + real_bits
@@ -221,7 +220,6 @@ def rtl_context(design: Design) -> dict:
         real_bits=real_bits, index_bits=index_bits, bd_index=bd_index, bd_mat=bd_mat, bd_bank=bd_bank,
         bd_word=bd_word, bdesc_bits=bd_word + local_bits,
         tok_bytes=-(-bits_for(design.vocab_size) // 8), logit_bytes=-(-design.vocab_size * fmt.act_bits // 8),
-        dec_blocks=dec_blocks,
         matrices=[dict(name=m.name, tile_first=m.tile_start, tile_last=m.tile_start + m.n_tiles - 1,
                        block_first=m.block_start, block_last=m.block_start + m.n_blocks - 1, in_base=m.in_base,
                        kind=m.kind, hidden=m.hidden, out_base=m.out_base, cell_base=m.cell_base)
