@@ -184,6 +184,10 @@ RUNS["d0.25-final0-wide-448-a16-cpcc-rb-0.25"] = Run("methods", "3 x 448 pruned 
                                                      "16-input cells, dropout x0.25 until the masks are final, then none",
                                                      RUNS["d0.25-wide-448-a16-cpcc-rb-0.25"].overrides
                                                      + ("train.final_dropout=0",))
+RUNS["d0.25-final0-wide-352-a16-cpcc-rb-0.5"] = Run("methods", "3 x 352 pruned to 90%, CPCC 0.5 in 32-row blocks, "
+                                                    "16-input cells, dropout x0.25 until the masks are final, then none",
+                                                    RUNS["d0.25-wide-352-a16-cpcc-rb-0.5"].overrides
+                                                    + ("train.final_dropout=0",))
 RUNS["d0.25-final0-cpcc-rb-0.5"] = Run("methods", "80%, CPCC gamma 0.5, 32-row blocks, dropout x0.25 until the "
                                       "masks are final, then none", RUNS["d0.25-cpcc-rb-0.5"].overrides
                                       + ("train.final_dropout=0",))

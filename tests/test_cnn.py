@@ -120,6 +120,18 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
     assert strip(tmp_path / "straight" / "log.csv") == strip(tmp_path / "split" / "log.csv")
 
 
+@pytest.mark.parametrize("setting,name", [("train.final_dropout=0", "train.final_dropout"),
+                                          ('train.distill="teacher.pt"', "train.distill")])
+def test_lstm_only_training_settings_are_refused_for_a_cnn_in_one_line(tmp_path, capsys, setting, name):
+    from ccflow.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--config", "lenet5", "--out", str(out), "--set", setting, "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ccflow train: error: {name} is for the LSTM only")
+    assert not out.exists() or not any(out.iterdir())  # refused before anything was written
+
+
 def test_eval_reports_accuracy_and_refuses_other_images(tmp_path, capsys):
     from ccflow.cli import main
     from ccflow.train import run_training
