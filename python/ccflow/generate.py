@@ -390,41 +390,13 @@ def lit(value: int, width: int) -> str:
     return f"{width}'d{value}"
 
 
-def popcount(vectors, width: int) -> str:
-    """Set bits of ``vectors`` ([(name, bits), ...]) as a balanced adder tree of ``width``-bit
-    terms: depth log2(n), where a loop of adds would give a chain n deep."""
-    terms = [zext(f"{name}[{i}]", 1, width) for name, n in vectors for i in range(n)]
-    while len(terms) > 1:
-        terms = [f"({terms[i]} + {terms[i + 1]})" if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
-    return terms[0] if terms else f"{width}'d0"
-
-
-def shift_add(expr: str, frm: int, k: int, to: int) -> str:
-    """``expr * k`` for a constant ``k`` >= 1, written as a sum of shifted copies in ``to`` bits: synthesis
-    then builds adders (yosys maps a written ``*`` onto a DSP block even by a small constant)."""
-    if k < 1:
-        raise RenderError(f"shift_add({expr}): constant {k} must be >= 1")
-    terms = []
-    for s in (i for i in range(k.bit_length()) if k >> i & 1):
-        if frm + s > to:
-            raise RenderError(f"shift_add({expr}): {frm} bits << {s} do not fit {to}")
-        shifted = expr if s == 0 else f"{{{expr}, {s}'d0}}"
-        terms.append(zext(shifted, frm + s, to))
-    return " + ".join(terms) if len(terms) > 1 else terms[0]
-
-
-def half(shift: int) -> int:
-    """The rounding constant of round_shift: (1 << shift) >> 1."""
-    return (1 << shift) >> 1
-
-
 def _environment(template_dir: Path):
     import jinja2
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)), undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(sext=sext, zext=zext, lit=lit, half=half, popcount=popcount, shift_add=shift_add,
+    env.globals.update(sext=sext, zext=zext, lit=lit,
                        max=max, min=min, range=range)
     return env
 
