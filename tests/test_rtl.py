@@ -138,21 +138,30 @@ def _static_bodies(out: Path) -> dict[str, str]:
     return bodies
 
 
-def test_module_bodies_are_static_only_parameter_defaults_differ(rendered, tmp_path):
+@pytest.fixture(scope="module")
+def static_reference(tmp_path_factory) -> dict[str, str]:
+    """The static bodies of the default test design, rendered once for every comparison."""
+    out = tmp_path_factory.mktemp("static-reference")
+    render_rtl(quantize(FloatModel.random(seed=1, **CONFIGS["default"][0]), CONFIGS["default"][1]), out)
+    return _static_bodies(out)
+
+
+def test_module_bodies_are_static_only_parameter_defaults_differ(rendered, static_reference):
     """Generate data, not code (hls4ml's split): designs of other sizes, formats, pointwise phases,
-    bias fetches (phased words, two ports) and cell widths (one or two DSP products for f*c) render
-    every module to the same text but for integer parameter defaults; the design's own numbers live
-    in those defaults and the .mem files."""
+    bias fetches (phased words) and cell widths (one or two DSP products for f*c) render every
+    module to the same text but for integer parameter defaults; the design's own numbers live in
+    those defaults and the .mem files."""
     _, out, _ = rendered
-    reference = tmp_path / "reference"
-    render_rtl(quantize(FloatModel.random(seed=1, **CONFIGS["default"][0]), CONFIGS["default"][1]), reference)
-    two_ports = tmp_path / "two-ports"  # row blocks shorter than a tile: two bias reads a cycle
+    assert _static_bodies(out) == static_reference
+
+
+def test_two_bias_ports_render_the_same_static_bodies(static_reference, tmp_path):
+    """Row blocks shorter than a tile (two bias reads a cycle) select a `generate if` branch, not
+    other Verilog."""
     design = quantize(FloatModel.random(seed=2, vocab=11, emsize=8, hidden=(8,)), ArrayConfig(4, 8, 8))
     assert rtl_context(design)["bias_ports"] == 2
-    render_rtl(design, two_ports)
-    want = _static_bodies(reference)
-    assert _static_bodies(out) == want
-    assert _static_bodies(two_ports) == want
+    render_rtl(design, tmp_path)
+    assert _static_bodies(tmp_path) == static_reference
 
 
 @pytest.mark.parametrize("values, bits", [([0], 2), ([1], 2), ([-2], 2), ([2], 3), ([-3], 3), ([127, -128], 8),
