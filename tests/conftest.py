@@ -53,3 +53,20 @@ def text_corpus(tmp_path) -> str:
     path = tmp_path / "text.txt"
     path.write_text(src.read_text()[:40_000])
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def static_bodies():
+    """A function: rendered rtl folder (and its module prefix) -> {module: its text with comments,
+    whitespace, the prefix and the defaults of its integer parameters and localparams taken out}.
+    When the RTL is static (generate data, not code) that is the same for every design."""
+    def bodies(out: Path, prefix: str = "") -> dict[str, str]:
+        found = {}
+        for p in out.glob("*.v"):
+            code = re.sub(r"//.*", "", p.read_text())
+            code = re.sub(r"\b((?:parameter|localparam)\s+integer\s+\w+\s*=)[^,;\n]*", r"\1 _", code)
+            if prefix:
+                code = re.sub(rf"\b{prefix}", "", code)
+            found[p.stem.removeprefix(prefix)] = " ".join(code.split())
+        return found
+    return bodies

@@ -181,6 +181,16 @@ def test_a_module_prefix_names_every_cnn_module_and_file(lenet, vgg):
     assert "toplevel: cnn0_ccflow_top" in (vgg[1] / "ccflow.core").read_text()
 
 
+def test_module_bodies_are_static_only_parameter_defaults_differ(lenet, saturating, vgg, static_bodies):
+    """Generate data, not code: LeNet-5, its 24-bit-accumulator twin and vgg-small (other layers,
+    channels, map sizes and widths, a module prefix) render every CNN module to the same text but
+    for integer parameter defaults; the network itself is layers.mem, blocks.mem and taps.mem."""
+    reference = static_bodies(lenet[1])
+    assert "ccflow_cnn_ctrl" in reference
+    assert static_bodies(saturating[1]) == reference
+    assert static_bodies(vgg[1], "cnn0_") == reference
+
+
 def test_sizes_are_parameters_with_the_designs_values(lenet, rtl_sizes):
     """No header, no `define: each CNN module declares the sizes it uses, and a name has the
     design's value (cnn_generate.rtl_context) wherever it is declared."""

@@ -127,41 +127,30 @@ def test_sizes_match_the_design_and_agree_across_modules(rendered, rtl_sizes):
             assert values == {ctx[name.lower()]}, name
 
 
-def _static_bodies(out: Path) -> dict[str, str]:
-    """Every module's text with comments, whitespace and the defaults of its integer parameters and
-    localparams taken out: what is left is the same for every design when the RTL is static."""
-    bodies = {}
-    for p in out.glob("*.v"):
-        code = re.sub(r"//.*", "", p.read_text())
-        code = re.sub(r"\b((?:parameter|localparam)\s+integer\s+\w+\s*=)[^,;\n]*", r"\1 _", code)
-        bodies[p.stem] = " ".join(code.split())
-    return bodies
-
-
 @pytest.fixture(scope="module")
-def static_reference(tmp_path_factory) -> dict[str, str]:
+def static_reference(tmp_path_factory, static_bodies) -> dict[str, str]:
     """The static bodies of the default test design, rendered once for every comparison."""
     out = tmp_path_factory.mktemp("static-reference")
     render_rtl(quantize(FloatModel.random(seed=1, **CONFIGS["default"][0]), CONFIGS["default"][1]), out)
-    return _static_bodies(out)
+    return static_bodies(out)
 
 
-def test_module_bodies_are_static_only_parameter_defaults_differ(rendered, static_reference):
+def test_module_bodies_are_static_only_parameter_defaults_differ(rendered, static_reference, static_bodies):
     """Generate data, not code (hls4ml's split): designs of other sizes, formats, pointwise phases,
     bias fetches (phased words) and cell widths (one or two DSP products for f*c) render every
     module to the same text but for integer parameter defaults; the design's own numbers live in
     those defaults and the .mem files."""
     _, out, _ = rendered
-    assert _static_bodies(out) == static_reference
+    assert static_bodies(out) == static_reference
 
 
-def test_two_bias_ports_render_the_same_static_bodies(static_reference, tmp_path):
+def test_two_bias_ports_render_the_same_static_bodies(static_reference, static_bodies, tmp_path):
     """Row blocks shorter than a tile (two bias reads a cycle) select a `generate if` branch, not
     other Verilog."""
     design = quantize(FloatModel.random(seed=2, vocab=11, emsize=8, hidden=(8,)), ArrayConfig(4, 8, 8))
     assert rtl_context(design)["bias_ports"] == 2
     render_rtl(design, tmp_path)
-    assert _static_bodies(tmp_path) == static_reference
+    assert static_bodies(tmp_path) == static_reference
 
 
 @pytest.mark.parametrize("values, bits", [([0], 2), ([1], 2), ([-2], 2), ([2], 3), ([-3], 3), ([127, -128], 8),

@@ -366,38 +366,13 @@ def embedding_words(design: Design) -> np.ndarray:
     return padded.reshape(-1, alpha)
 
 
-# --- Verilog helpers available in every template ----------------------------
-
-
-def sext(name: str, frm: int, to: int) -> str:
-    """Sign-extend signal ``name`` from ``frm`` to ``to`` bits (lint-clean, no implicit widening)."""
-    if to < frm:
-        raise RenderError(f"sext({name}): cannot narrow {frm} -> {to} bits")
-    return name if to == frm else f"{{ {{{to - frm}{{{name}[{frm - 1}]}}}}, {name}}}"
-
-
-def zext(expr: str, frm: int, to: int) -> str:
-    """Zero-extend ``expr`` from ``frm`` to ``to`` bits."""
-    if to < frm:
-        raise RenderError(f"zext({expr}): cannot narrow {frm} -> {to} bits")
-    return expr if to == frm else f"{{{to - frm}'d0, {expr}}}"
-
-
-def lit(value: int, width: int) -> str:
-    """A sized unsigned literal; refuses values that do not fit."""
-    if not 0 <= value < (1 << width):
-        raise RenderError(f"literal {value} does not fit {width} bits")
-    return f"{width}'d{value}"
-
-
 def _environment(template_dir: Path):
     import jinja2
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)), undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(sext=sext, zext=zext, lit=lit,
-                       max=max, min=min, range=range)
+    env.globals.update(max=max, min=min, range=range)
     return env
 
 
