@@ -188,6 +188,19 @@ RUNS["d0.25-final0-wide-352-a16-cpcc-rb-0.5"] = Run("methods", "3 x 352 pruned t
                                                     "16-input cells, dropout x0.25 until the masks are final, then none",
                                                     RUNS["d0.25-wide-352-a16-cpcc-rb-0.5"].overrides
                                                     + ("train.final_dropout=0",))
+# With no dropout after its last combine 3 x 448 at gamma 0.25 overfits (1.7867 against 1.7506 with it kept):
+# half of its quarter once the masks are final.
+RUNS["d0.25-final0.5-wide-448-a16-cpcc-rb-0.25"] = Run("methods", "3 x 448 pruned to 90%, CPCC 0.25 in 32-row "
+                                                       "blocks, 16-input cells, dropout x0.25 until the masks are "
+                                                       "final, then x0.125",
+                                                       RUNS["d0.25-wide-448-a16-cpcc-rb-0.25"].overrides
+                                                       + ("train.final_dropout=0.5",))
+# The same nonzeros per matrix as 3 x 352 at 90% (the best 8x point, 1.8064) spread over a wider model.
+RUNS["d0.25-final0-wide-384-s0.915-a16-cpcc-rb-0.5"] = Run("methods", "3 x 384 pruned to 91.5%, CPCC 0.5 in 32-row "
+                                                           "blocks, 16-input cells, dropout x0.25 until the masks "
+                                                           "are final, then none", dense(384, 0.25) + prune(0.915)
+                                                           + combine(0.5, True)
+                                                           + ("array.alpha=16", "train.final_dropout=0"))
 RUNS["d0.25-final0-cpcc-rb-0.5"] = Run("methods", "80%, CPCC gamma 0.5, 32-row blocks, dropout x0.25 until the "
                                       "masks are final, then none", RUNS["d0.25-cpcc-rb-0.5"].overrides
                                       + ("train.final_dropout=0",))
