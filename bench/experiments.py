@@ -201,6 +201,18 @@ RUNS["d0.25-final0-wide-384-s0.915-a16-cpcc-rb-0.5"] = Run("methods", "3 x 384 p
                                                            "are final, then none", dense(384, 0.25) + prune(0.915)
                                                            + combine(0.5, True)
                                                            + ("array.alpha=16", "train.final_dropout=0"))
+# Every matrix so far was pruned to the same sparsity: one magnitude threshold over the three LSTM matrices
+# (prune.scope=global) lets each layer keep as many weights as their size against the others' says, on the
+# best 4x and 8x recipes.
+RUNS["d0.25-global-wide-448-a16-cpcc-rb-0.25"] = Run("methods", "3 x 448 pruned to 90% by one threshold over its "
+                                                     "matrices, CPCC 0.25 in 32-row blocks, 16-input cells, "
+                                                     "dropout x0.25", RUNS["d0.25-wide-448-a16-cpcc-rb-0.25"].overrides
+                                                     + ("prune.scope=global",))
+RUNS["d0.25-final0-global-wide-352-a16-cpcc-rb-0.5"] = Run("methods", "3 x 352 pruned to 90% by one threshold over "
+                                                           "its matrices, CPCC 0.5 in 32-row blocks, 16-input cells, "
+                                                           "dropout x0.25 until the masks are final, then none",
+                                                           RUNS["d0.25-final0-wide-352-a16-cpcc-rb-0.5"].overrides
+                                                           + ("prune.scope=global",))
 RUNS["d0.25-final0-cpcc-rb-0.5"] = Run("methods", "80%, CPCC gamma 0.5, 32-row blocks, dropout x0.25 until the "
                                       "masks are final, then none", RUNS["d0.25-cpcc-rb-0.5"].overrides
                                       + ("train.final_dropout=0",))

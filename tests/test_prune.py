@@ -126,6 +126,32 @@ def test_prune_layer_treats_ih_and_hh_as_one_matrix():
     assert int((~layer.mask_ih).sum()) == round(0.3 * total) and layer.mask_hh.all()
 
 
+def test_global_scope_prunes_the_total_by_one_threshold_over_every_matrix():
+    cfg = load_config("tiny", ["prune.sparsity=0.6", "prune.start_epoch=1", "prune.ramp_epochs=2",
+                               "prune.scope=global", "combine.epochs=[]"])
+    model = _tiny_model(7)
+    with torch.no_grad():
+        model.layers[0].weight_hh.mul_(0.2)  # one matrix of small weights: the global threshold takes most of it
+    total = sum(l.mask_ih.numel() + l.mask_hh.numel() for l in model.layers)
+    for epoch, s in ((1, 0.3), (2, 0.6)):
+        before = [(l.mask_ih.clone(), l.mask_hh.clone()) for l in model.layers]
+        apply_schedule(model, cfg, epoch, None)
+        live = [(l.weight_ih * l.mask_ih, l.weight_hh * l.mask_hh) for l in model.layers]
+        assert sum(int(l.mask_ih.sum() + l.mask_hh.sum()) for l in model.layers) == total - round(s * total)
+        kept = torch.cat([w[w != 0].abs() for pair in live for w in pair])
+        cut = torch.cat([w.detach()[~m & mb].abs() for l, (mb_ih, mb_hh) in zip(model.layers, before)
+                         for w, m, mb in ((l.weight_ih, l.mask_ih, mb_ih), (l.weight_hh, l.mask_hh, mb_hh))])
+        assert kept.min() >= cut.max(), "one threshold over all matrices"
+        for l, (mb_ih, mb_hh) in zip(model.layers, before):
+            assert not (l.mask_ih & ~mb_ih).any() and not (l.mask_hh & ~mb_hh).any(), "masks only shrink"
+    share = [float(l.mask_hh.float().mean()) for l in model.layers]
+    assert share[0] < 0.1 < min(share[1:]), f"the small matrix lost most, the others less than 60%: {share}"
+    with pytest.raises(ConfigError, match="prune.scope='global' needs prune.method='magnitude'"):
+        load_config("tiny", ["prune.scope=global", "prune.method=bank_balanced"])
+    with pytest.raises(ConfigError, match="prune.scope='layer' must be 'matrix' or 'global'"):
+        load_config("tiny", ["prune.scope=layer"])
+
+
 def _tiny_model(seed=0):
     torch.manual_seed(seed)
     return LSTMLanguageModel(12, ModelConfig(emsize=8, nhid=16, nlayers=3, dropout=0.1, dropouth=0.1,

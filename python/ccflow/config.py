@@ -101,13 +101,16 @@ class TrainConfig:
 class PruneConfig:
     """Pruning toward ``sparsity`` in steps at epoch ends over a ramp (docs/training.md)."""
 
-    sparsity: float = 0.0  # fraction of each LSTM matrix pruned at the end of the ramp
+    sparsity: float = 0.0  # fraction of each LSTM matrix (of all of them with scope "global") pruned at the ramp end
     start_epoch: int = 1  # first epoch after which pruning applies (1 = after the first epoch)
     ramp_epochs: int = 1  # epochs to reach the target
     schedule: str = "linear"  # "linear" or "cubic" (Zhu and Gupta 2017: s * (1 - (1 - x)^3), fast early)
     steps: int = 0  # pruning steps spread evenly over the ramp; 0 = one at the end of every ramp epoch
     method: str = "magnitude"  # "magnitude" (whole matrix) or "bank_balanced" (Cao et al. FPGA'19)
     bank_size: int = 32  # bank_balanced: columns per bank; every bank of every row keeps the same share
+    # "matrix": every matrix pruned to the sparsity; "global": one magnitude threshold over all of them, so
+    # the total is the sparsity and each matrix keeps the weights that are large against the others'
+    scope: str = "matrix"
     alpha_scaled: bool = False  # prune to sparsity * (1 - 1/array.alpha) (the column-combining paper's recipe)
     l1: float = 0.0  # L1 penalty on the LSTM weights until the masks are final (the paper's recipe)
 
@@ -122,6 +125,10 @@ class PruneConfig:
         _check(self.method in ("magnitude", "bank_balanced"),
                f"prune.method={self.method!r} must be 'magnitude' or 'bank_balanced'")
         _check(self.bank_size >= 1, f"prune.bank_size={self.bank_size} must be >= 1")
+        _check(self.scope in ("matrix", "global"), f"prune.scope={self.scope!r} must be 'matrix' or 'global'")
+        _check(self.scope == "matrix" or self.method == "magnitude",
+               f"prune.scope={self.scope!r} needs prune.method='magnitude' (bank-balanced keeps a share of every "
+               "bank of every row, a per-row rule); set prune.scope='matrix' for bank-balanced pruning")
         _check(self.l1 >= 0, f"prune.l1={self.l1} must be >= 0")
 
 

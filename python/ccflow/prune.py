@@ -198,6 +198,24 @@ def prune_layer(layer: MaskedLSTM | MaskedMatrix, sparsity: float, method: str =
 
 
 @torch.no_grad()
+def prune_matrices(mms: list[MaskedMatrix], sparsity: float, cfg: PruneConfig) -> None:
+    """Prune every matrix toward ``sparsity``: each on its own (``prune.scope = "matrix"``), or by one
+    magnitude threshold over all of them (``"global"``: ``sparsity`` of all their entries are off, and a
+    matrix whose weights are large against the others' keeps more of them)."""
+    if cfg.scope == "matrix":
+        for mm in mms:
+            prune_layer(mm, sparsity, cfg.method, cfg.bank_size)
+        return
+    masks = [mm.mask() for mm in mms]
+    kept = magnitude_mask(torch.cat([mm.weight().flatten() for mm in mms]), torch.cat([m.flatten() for m in masks]),
+                          sparsity)
+    start = 0
+    for mm, m in zip(mms, masks):
+        mm.set_mask(kept[start:start + m.numel()].reshape(m.shape))
+        start += m.numel()
+
+
+@torch.no_grad()
 def enforce_masks(model: torch.nn.Module) -> None:
     """Zero raw parameters where masked: call after every optimizer step and every mask change."""
     for mm in masked_matrices(model):
@@ -297,8 +315,7 @@ def apply_schedule(model: torch.nn.Module, cfg: Config, epoch: int, packings: di
     s = layer_sparsity(cfg, epoch)
     changed = False
     if s > layer_sparsity(cfg, epoch - 1):
-        for mm in masked_matrices(model):
-            prune_layer(mm, s, cfg.prune.method, cfg.prune.bank_size)
+        prune_matrices(masked_matrices(model), s, cfg.prune)
         changed = True
     if epoch in cfg.combine.epochs:
         packings = combine_model(model, cfg)
