@@ -203,6 +203,30 @@ def test_sizes_are_parameters_with_the_designs_values(lenet, rtl_sizes):
     assert all(values == {ctx[name.lower()]} for name, values in sizes.items()), sizes
 
 
+@pytest.mark.parametrize("which", ["lenet", "vgg"])
+def test_controller_slices_layer_words_where_python_packs_them(which, request):
+    """layers.mem's layout has two writers: cnn_generate._layer_fields packs each field, ccflow_cnn_ctrl
+    slices it at its O_* offsets. Every field the controller reads sits at the offset and has the width
+    that Python packs it with, and the word is as wide, in each design's own sizes."""
+    from ccflow.cnn_generate import rtl_context
+
+    design, out = request.getfixturevalue(which)
+    ctx = rtl_context(design)
+    code = re.sub(r"//.*", "", next(out.glob("*ccflow_cnn_ctrl.v")).read_text())
+    sizes: dict[str, int] = {}
+    for name, expr in re.findall(r"\b(?:parameter|localparam)\s+integer\s+(\w+)\s*=\s*([^,;\n]+)", code):
+        if re.fullmatch(r"[\w\s+]+", expr):  # numbers, names and sums: the layout's offsets and widths
+            sizes[name] = eval(expr, {"__builtins__": {}}, sizes)
+    read = {name: (sizes[name], sizes[width] if width else 1)
+            for name, width in re.findall(r"layer_word\[(O_\w+)(?:\s*\+:\s*(\w+))?\]", code)}
+    packed, offset = {}, 0
+    for name, bits in ctx["layer_fields"]:
+        packed[f"O_{name.upper()}"] = (offset, bits)
+        offset += bits
+    assert read == packed
+    assert sizes["LAYER_WORD_BITS"] == offset == ctx["layer_word_bits"]
+
+
 @pytest.mark.sim
 @pytest.mark.parametrize("sim", SIMS)
 @pytest.mark.parametrize("which,images", [("lenet", 5), ("saturating", 3), ("vgg", 2)])

@@ -190,7 +190,8 @@ def rtl_context(design: CnnDesign) -> dict:
 
 def _layer_fields(ctx: dict) -> list[tuple[str, int]]:
     """layers.mem's fields, LSB first: ccflow_cnn_ctrl slices them in this order and these widths
-    (its O_* offsets), so a change here is a change there; the CNN benches check them bit for bit."""
+    (its O_* offsets), so a change here is a change there: test_cnn_hw checks the two agree field by
+    field, the CNN benches bit for bit."""
     t, d, p = ctx["tile_bits"], ctx["dim_bits"], ctx["pos_bits"]
     return [("tile_first", t), ("tile_last", t), ("block_first", ctx["block_bits"]), ("pos_last", p),
             ("pass_last", max(p, bits_for(MIN_PASS))), ("wo", d), ("row_skip", d), ("hin", d), ("win", d),
