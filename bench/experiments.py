@@ -219,6 +219,10 @@ RUNS["d0.25-final0-wide-320-a16-cpcc-rb-0.25"] = Run("methods", "3 x 320 pruned 
                                                      "16-input cells, dropout x0.25 until the masks are final, "
                                                      "then none", dense(320, 0.25) + prune(0.9) + combine(0.25, True)
                                                      + ("array.alpha=16", "train.final_dropout=0"))
+RUNS["d0.25-final0-wide-288-a16-cpcc-rb-0.25"] = Run("methods", "3 x 288 pruned to 90%, CPCC 0.25 in 32-row blocks, "
+                                                     "16-input cells, dropout x0.25 until the masks are final, "
+                                                     "then none", dense(288, 0.25) + prune(0.9) + combine(0.25, True)
+                                                     + ("array.alpha=16", "train.final_dropout=0"))
 RUNS["d0.25-final0-cpcc-rb-0.5"] = Run("methods", "80%, CPCC gamma 0.5, 32-row blocks, dropout x0.25 until the "
                                       "masks are final, then none", RUNS["d0.25-cpcc-rb-0.5"].overrides
                                       + ("train.final_dropout=0",))
