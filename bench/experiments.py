@@ -202,8 +202,8 @@ RUNS["d0.25-final0-wide-384-s0.915-a16-cpcc-rb-0.5"] = Run("methods", "3 x 384 p
                                                            + combine(0.5, True)
                                                            + ("array.alpha=16", "train.final_dropout=0"))
 # Every matrix so far was pruned to the same sparsity: one magnitude threshold over the three LSTM matrices
-# (prune.scope=global) lets each layer keep as many weights as their size against the others' says, on the
-# best 4x and 8x recipes.
+# (prune.scope=global) lets each layer keep as many weights as their magnitudes against the others' earn, on
+# the best 4x and 8x recipes. (About neutral: 0.002 BPC better on the first, 0.004 worse on the second.)
 RUNS["d0.25-global-wide-448-a16-cpcc-rb-0.25"] = Run("methods", "3 x 448 pruned to 90% by one threshold over its "
                                                      "matrices, CPCC 0.25 in 32-row blocks, 16-input cells, "
                                                      "dropout x0.25", RUNS["d0.25-wide-448-a16-cpcc-rb-0.25"].overrides
