@@ -134,16 +134,16 @@ def test_global_scope_prunes_the_total_by_one_threshold_over_every_matrix():
         model.layers[0].weight_hh.mul_(0.2)  # one matrix of small weights: the global threshold takes most of it
     total = sum(l.mask_ih.numel() + l.mask_hh.numel() for l in model.layers)
     for epoch, s in ((1, 0.3), (2, 0.6)):
-        before = [(l.mask_ih.clone(), l.mask_hh.clone()) for l in model.layers]
+        # (weight, mask) of every matrix before the step: pruning zeroes the weights it cuts
+        before = [(p.detach().clone(), m.clone()) for l in model.layers
+                  for p, m in ((l.weight_ih, l.mask_ih), (l.weight_hh, l.mask_hh))]
         apply_schedule(model, cfg, epoch, None)
-        live = [(l.weight_ih * l.mask_ih, l.weight_hh * l.mask_hh) for l in model.layers]
-        assert sum(int(l.mask_ih.sum() + l.mask_hh.sum()) for l in model.layers) == total - round(s * total)
-        kept = torch.cat([w[w != 0].abs() for pair in live for w in pair])
-        cut = torch.cat([w.detach()[~m & mb].abs() for l, (mb_ih, mb_hh) in zip(model.layers, before)
-                         for w, m, mb in ((l.weight_ih, l.mask_ih, mb_ih), (l.weight_hh, l.mask_hh, mb_hh))])
-        assert kept.min() >= cut.max(), "one threshold over all matrices"
-        for l, (mb_ih, mb_hh) in zip(model.layers, before):
-            assert not (l.mask_ih & ~mb_ih).any() and not (l.mask_hh & ~mb_hh).any(), "masks only shrink"
+        after = [m for l in model.layers for m in (l.mask_ih, l.mask_hh)]
+        assert sum(int(m.sum()) for m in after) == total - round(s * total)
+        kept = torch.cat([w[m].abs() for (w, _), m in zip(before, after)])
+        cut = torch.cat([w[mb & ~m].abs() for (w, mb), m in zip(before, after)])
+        assert len(cut) and kept.min() >= cut.max(), "one threshold over all matrices"
+        assert not any((m & ~mb).any() for (_, mb), m in zip(before, after)), "masks only shrink"
     share = [float(l.mask_hh.float().mean()) for l in model.layers]
     assert share[0] < 0.1 < min(share[1:]), f"the small matrix lost most, the others less than 60%: {share}"
     with pytest.raises(ConfigError, match="prune.scope='global' needs prune.method='magnitude'"):
