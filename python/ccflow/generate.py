@@ -47,7 +47,7 @@ that are not fixed by docs/hardware.md are chosen here:
                     banks side by side (:func:`fold_tiles`, ccflow_tile_rom; :data:`ADDR_ROM_ROWS`)
 ``row_group``       4: array rows served by one register copy of the columns' inputs
 ``mul_stages``      :data:`MUL_STAGES`: ccflow_mul's latency (every multiplier of the design)
-``h_stage``         9 + 2 mul_stages: the pointwise unit's stage that writes h (ccflow_pointwise)
+``h_stage``         10 + 2 mul_stages: the pointwise unit's stage that writes h (ccflow_pointwise)
 ==================  =========================================================
 """
 
@@ -214,7 +214,7 @@ def rtl_context(design: Design) -> dict:
         # (three cycles, ccflow_tile_rom), the act banks (two: the RAM, its output register), the array
         acc_stage=meta_stage + 5 + array_stages,
         row_group=4,  # array rows served by one copy of the columns' inputs (mx_array)
-        h_stage=9 + 2 * MUL_STAGES,  # ccflow_pointwise's stage that writes h (two multiplies in series)
+        h_stage=10 + 2 * MUL_STAGES,  # ccflow_pointwise's stage that writes h (two multiplies in series, h registered)
         split_bits=cols.bit_length(),  # tiles.mem: the column where block A + 1 starts (1..cols)
         acc_event_bits=(3 * rows).bit_length(), pw_event_bits=(2 * pw_lanes).bit_length(),
         real_bits=real_bits, index_bits=index_bits, bd_index=bd_index, bd_mat=bd_mat, bd_bank=bd_bank,

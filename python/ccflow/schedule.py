@@ -10,7 +10,7 @@ that the hardware's interval equals this one (tests/test_sim.py).
 
 Latencies, from the tile issued in cycle 0 (docs/hardware.md): a block's accumulators are final in
 cycle S (``acc_stage`` of the render context), its gate inputs reach the pointwise unit in S + 3,
-which writes h in its stage P``h_stage`` (S + 3 + h_stage = S + 18), one phase of rows/4 / phases
+which writes h in its stage P``h_stage`` (S + 3 + h_stage = S + 19), one phase of rows/4 / phases
 units per cycle for ``pw_phases`` cycles (``commit`` with a layer's last block's last phase, a matrix
 that waits for it issues a cycle later), and holds the embedding loader's bank writes off two
 cycles ahead of each; the decoder's logits are presented in S + 8.
