@@ -238,8 +238,9 @@ RUNS["d0.25-kd-t1-cpcc-rb-0.5"] = Run("methods", "distilled at T = 1 from dense 
                                       + ("train.distill_weight=0.5", "train.distill_temp=1.0"), teacher="dense-192-d0.5")
 
 # The presets that are a run's settings (tests/test_experiments.py holds them equal): the recipe on 3 x 256 and
-# the same on 3 x 320 with 16-input cells (better on both axes; both fit the LFE5U-85F on a 16 x 2 array).
-PRESETS = {"small-cpcc": "d0.25-final0-cpcc-rb-0.5", "small-wide": "d0.25-final0-wide-320-a16-cpcc-rb-0.5"}
+# the same on 3 x 288 with 16-input cells at gamma 0.25 (better on both axes; both fit the LFE5U-85F on a 16 x 2
+# array).
+PRESETS = {"small-cpcc": "d0.25-final0-cpcc-rb-0.5", "small-wide": "d0.25-final0-wide-288-a16-cpcc-rb-0.25"}
 
 FAMILY_COLORS = {"dense": "black", "pruning only": "tab:gray", "bank-balanced": "tab:brown", "row-block CC": "tab:green",
                  "CPCC, row blocks": "tab:olive", "CPCC, whole matrices": "tab:red", "paper recipe": "tab:purple",
