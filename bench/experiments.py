@@ -222,6 +222,13 @@ for w in (320, 288):
                                                           "final, then none", dense(w, 0.25) + prune(0.9)
                                                           + combine(0.25, True)
                                                           + ("array.alpha=16", "train.final_dropout=0"))
+# Both times gentler combining of a narrower model beat gamma 0.5 on a wider one at about its cells: the 4x point
+# (3 x 448 at gamma 0.25, 365,024 cells) the same way, 3 x 416 combined at gamma 0.1 (the dropout kept: 3 x 448
+# overfits without it once final). Gamma 0.1 fills 70% of the cells (0.25: 89%): 482,880 cells, past the 4x
+# budget, for 0.001 BPC.
+RUNS["d0.25-wide-416-a16-cpcc-rb-0.1"] = Run("methods", "3 x 416 pruned to 90%, CPCC 0.1 in 32-row blocks, 16-input "
+                                             "cells, dropout x0.25", dense(416, 0.25) + prune(0.9) + combine(0.1, True)
+                                             + ("array.alpha=16",))
 RUNS["d0.25-final0-cpcc-rb-0.5"] = Run("methods", "80%, CPCC gamma 0.5, 32-row blocks, dropout x0.25 until the "
                                       "masks are final, then none", RUNS["d0.25-cpcc-rb-0.5"].overrides
                                       + ("train.final_dropout=0",))
